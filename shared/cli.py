@@ -1,0 +1,353 @@
+"""The ``fir`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shared.config import Settings
+from shared.errors import FirError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def handle_errors(fn: F) -> F:
+    """Domain errors become a one-line message and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FirError as exc:
+            _fail(exc.message)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def dataset_options(fn: F) -> F:
+    options = [
+        click.option("--dataset", "dataset", type=click.Path(path_type=Path), required=True,
+                     help="A FashionIQ folder, a folder per category (optionally under "
+                          "train/val/test), or a CSV manifest."),
+        click.option("--format", "fmt", type=click.Choice(["auto", "fashioniq", "folder", "manifest"]),
+                     default="auto", show_default=True),
+        click.option("--path-column", default="path", show_default=True, help="Manifest: image path column."),
+        click.option("--category-column", default="category", show_default=True,
+                     help="Manifest: category column (empty = left out)."),
+        click.option("--split-column", default="split", show_default=True, help="Manifest: split column."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def _read(dataset: Path, fmt: str, path_column: str, category_column: str, split_column: str) -> Any:
+    from shared.data.readers import read_dataset
+
+    scan = read_dataset(dataset, fmt, path_column, category_column, split_column)  # type: ignore[arg-type]
+    click.echo(scan.summary())
+    return scan.require_samples()
+
+
+class Ctx:
+    def __init__(self, settings: Settings) -> None:
+        from shared.store.artifacts import ArtifactStore
+
+        self.settings = settings
+        self.store = ArtifactStore(settings.resolved_home())
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="FIR's folder (default: $FIR_HOME or ./fir-data).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
+    """FIR: fashion image retrieval. Visual search and de-duplication for catalogues."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings() if home is None else Settings(home=home)
+    ctx.obj = Ctx(settings)
+
+
+@main.command("train")
+@dataset_options
+@click.option("--backbone", default=None, help="resnet50 (default) or efficientnet_lite0.")
+@click.option("--weights", default=None, help="imagenet, none, or a checkpoint path.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--body-lr", type=float, default=None, help="Learning rate of the body (default: --lr).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--image-size", type=int, default=None)
+@click.option("--max-steps", type=int, default=None, help="At most this many batches per epoch.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="A last.pt to resume from.")
+@click.option("--precision", default="auto", show_default=True)
+@pass_ctx
+@handle_errors
+def train_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_column: str, split_column: str,
+              backbone: str | None, weights: str | None, epochs: int, lr: float, body_lr: float | None,
+              batch_size: int, image_size: int | None, max_steps: int | None, resume: Path | None,
+              precision: str) -> None:
+    """Fine-tune the backbone as a classifier over the dataset's categories."""
+    from shared.pipeline import train_model
+    from shared.vision.training import TrainConfig
+
+    s = c.settings
+    scan = _read(dataset, fmt, path_column, category_column, split_column)
+    cfg = TrainConfig(backbone=backbone or s.backbone, weights=weights or s.weights, epochs=epochs, lr=lr,
+                      body_lr=body_lr, batch_size=batch_size, image_size=image_size or s.image_size,
+                      seed=s.seed, workers=s.loader_workers, device=s.device, precision=precision,
+                      max_steps_per_epoch=max_steps)
+    result = train_model(scan, c.store, cfg, resume=resume)
+    click.echo(f"weights used: {result.weights_source}")
+    click.echo(f"categories: {', '.join(result.labels)}")
+    click.echo(f"best: {json.dumps({k: round(v, 4) for k, v in result.best.items() if isinstance(v, float)})}")
+    click.echo(f"model {result.model_id} saved to {result.best_path}")
+
+
+@main.command("extract")
+@dataset_options
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Default: the current model.")
+@click.option("--splits", default=None, help="Comma-separated splits to extract (default: all).")
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@pass_ctx
+@handle_errors
+def extract_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_column: str, split_column: str,
+                model: Path | None, splits: str | None, out: Path | None) -> None:
+    """Compute the pooled feature of every image in a dataset."""
+    from shared.pipeline import extract, load_current_model
+
+    scan = _read(dataset, fmt, path_column, category_column, split_column)
+    samples = scan.split(*splits.split(",")) if splits else scan.samples
+    loaded = load_current_model(c.store, model)
+    s = c.settings
+    outcome = extract(samples, loaded, c.store, batch_size=s.batch_size, workers=s.loader_workers,
+                      device=s.device, precision=s.precision, out=out)
+    if outcome.features.bad:
+        click.echo(f"{len(outcome.features.bad)} images could not be decoded (left out):")
+        for key, reason in list(outcome.features.bad.items())[:10]:
+            click.echo(f"  {key}: {reason}")
+    click.echo(f"{len(outcome.features)} vectors of {outcome.features.vectors.shape[1]} dimensions "
+               f"(model {loaded.model_id}, {outcome.ms_per_image:.1f} ms/image) saved to {outcome.path}")
+
+
+@main.command("train-router")
+@click.option("--features", type=click.Path(path_type=Path), default=None, help="Default: the current features.")
+@click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds of the grid search.")
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@pass_ctx
+@handle_errors
+def train_router_cmd(c: Ctx, features: Path | None, cv: int, out: Path | None) -> None:
+    """Train the SVM router (grid search over C, kernel, gamma) on a feature set."""
+    from shared.pipeline import train_router
+    from shared.vision.features import FeatureSet
+
+    feats = FeatureSet.load(c.store.require("features", features, "run `fir extract` first"))
+    router, path = train_router(feats, c.store, cv=cv, seed=c.settings.seed)
+    cv_text = f", cross-validated accuracy {router.cv_accuracy:.3f}" if router.cv_accuracy is not None else ""
+    click.echo(f"router over {', '.join(router.labels)}: {router.params}{cv_text}")
+    click.echo(f"saved to {path} (model {router.model_id})")
+
+
+@main.command("query")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", type=int, default=None, help="How many results (default 10).")
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None)
+@click.option("--routing", type=click.Choice(["label", "svm", "svm-fallback", "none"]), default=None)
+@click.option("--category", default=None, help="The query's category (routing 'label').")
+@click.option("--threshold", type=float, default=None, help="svm-fallback: below this, search two categories.")
+@click.option("--model", type=click.Path(path_type=Path), default=None)
+@click.option("--features", type=click.Path(path_type=Path), default=None)
+@click.option("--router", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+@handle_errors
+def query_cmd(c: Ctx, image: Path, k: int | None, metric: str | None, routing: str | None,
+              category: str | None, threshold: float | None, model: Path | None, features: Path | None,
+              router: Path | None, as_json: bool) -> None:
+    """Find the catalogue images most similar to IMAGE."""
+    from shared.engine import RetrievalEngine
+    from shared.imaging import load_image
+
+    s = c.settings
+    routing = routing or ("label" if category else s.routing)
+    img = load_image(image, max_pixels=s.max_image_pixels)
+    model_path = c.store.require("model", model, "train one with `fir train`")
+    features_path = c.store.require("features", features, "run `fir extract` first")
+    router_path: Path | None = None
+    if routing in ("svm", "svm-fallback"):
+        router_path = c.store.require("router", router, "run `fir train-router` first")
+    engine = RetrievalEngine.from_files(model_path, features_path, router_path, s.device, s.precision)
+    answer = engine.query_images([img], k=k or s.top_k, metric=metric or s.metric, routing=routing,
+                                 categories=[category] if category else None,
+                                 threshold=threshold if threshold is not None else s.fallback_threshold)[0]
+    if as_json:
+        click.echo(json.dumps({
+            "model_id": answer.model_id, "route": answer.route, "probabilities": answer.probabilities,
+            "timings_ms": answer.timings_ms,
+            "results": [m.__dict__ for m in answer.matches],
+        }, indent=2))
+        return
+    probs = ", ".join(f"{lab} {p:.2f}" for lab, p in sorted(answer.probabilities.items(), key=lambda x: -x[1]))
+    click.echo(f"model {answer.model_id}; searched: {', '.join(answer.route) if answer.route else 'whole catalogue'}"
+               + (f" (router: {probs})" if probs else ""))
+    for m in answer.matches:
+        click.echo(f"{m.rank:4d}  {m.score:8.4f}  {m.category:10s} {m.key}")
+
+
+@main.command("evaluate")
+@dataset_options
+@click.option("--gallery-splits", default="train,val", show_default=True)
+@click.option("--query-split", default="test", show_default=True)
+@click.option("--k", "ks", default="100,1000,10000", show_default=True, help="Comma-separated cut-offs.")
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None)
+@click.option("--routing", "modes", default="label,svm,svm-fallback,none", show_default=True)
+@click.option("--model", type=click.Path(path_type=Path), default=None)
+@click.option("--features", type=click.Path(path_type=Path), default=None,
+              help="Gallery features (default: the current ones if they hold the gallery splits; else extracted).")
+@click.option("--router", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@pass_ctx
+@handle_errors
+def evaluate_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_column: str, split_column: str,
+                 gallery_splits: str, query_split: str, ks: str, metric: str | None, modes: str,
+                 model: Path | None, features: Path | None, router: Path | None, out: Path | None) -> None:
+    """The study's evaluation: mAP, precision, router accuracy and query time per routing mode."""
+    scan = _read(dataset, fmt, path_column, category_column, split_column)
+    paths = run_evaluation(c, scan, gallery_splits.split(","), query_split, [int(x) for x in ks.split(",")],
+                           metric or c.settings.metric, modes.split(","), model, features, router, out)
+    click.echo(paths["markdown"].read_text())
+    click.echo(f"report: {paths['markdown']}\n        {paths['json']}\n        {paths['grid']}")
+
+
+def run_evaluation(c: Ctx, scan: Any, gallery_splits: list[str], query_split: str, ks: list[int], metric: str,
+                   modes: list[str], model: Path | None, features: Path | None, router: Path | None,
+                   out: Path | None) -> dict[str, Path]:
+    from shared.errors import EmptyDataset
+    from shared.evaluation.evaluate import evaluate_retrieval
+    from shared.evaluation.report import write_report
+    from shared.pipeline import extract, load_current_model
+    from shared.vision.features import FeatureSet
+    from shared.vision.router import Router
+
+    s = c.settings
+    loaded = load_current_model(c.store, model)
+    gallery_samples = scan.split(*gallery_splits)
+    query_samples = scan.split(query_split)
+    if not query_samples:
+        raise EmptyDataset(f"no query images in split {query_split!r} of {scan.source}")
+    gallery: FeatureSet | None = None
+    feats_path = features or (Path(c.store.current()["features"]) if "features" in c.store.current() else None)
+    if feats_path is not None and feats_path.is_file():
+        candidate = FeatureSet.load(feats_path)
+        if candidate.model_id == loaded.model_id:
+            candidate = candidate.by_split(*gallery_splits)
+            if len(candidate) >= len(gallery_samples) * 0.9 and len(candidate) > 0:
+                gallery = candidate
+        elif features is not None:
+            candidate.check_model(loaded.model_id)
+    if gallery is None:
+        gallery = extract(gallery_samples, loaded, c.store, name="gallery", batch_size=s.batch_size,
+                          workers=s.loader_workers, device=s.device, precision=s.precision).features
+    queries = extract(query_samples, loaded, c.store, name="queries", batch_size=s.batch_size,
+                      workers=s.loader_workers, device=s.device, precision=s.precision, make_current=False)
+    rtr: Router | None = None
+    router_path = router or (Path(c.store.current()["router"]) if "router" in c.store.current() else None)
+    if router_path is not None and router_path.is_file():
+        rtr = Router.load(router_path)
+        if rtr.model_id != loaded.model_id:
+            if router is not None:
+                rtr.check_model(loaded.model_id)
+            rtr = None
+    if rtr is None and any(m.startswith("svm") for m in modes):
+        from shared.pipeline import train_router
+
+        rtr, _ = train_router(gallery, c.store, seed=s.seed)
+    report = evaluate_retrieval(gallery, queries.features, rtr, modes=tuple(modes), ks=tuple(ks), metric=metric,
+                                threshold=s.fallback_threshold, extraction_ms=queries.ms_per_image)
+    report.meta["weights_source"] = loaded.meta.weights_source
+    report.meta["model_metrics"] = {k: v for k, v in loaded.meta.metrics.items() if k != "history"}
+    written = write_report(report, out or c.store.new_report_dir())
+    return {"markdown": written["markdown"], "json": written["json"], "grid": written["grid"]}
+
+
+@main.command("demo")
+@click.option("--catalogue", type=click.Path(path_type=Path), default=None,
+              help="A folder per category (optionally under train/val/test). Default: a generated one.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--image-size", type=int, default=96, show_default=True)
+@click.option("--weights", default="none", show_default=True,
+              help="none (offline), imagenet (downloads), or a checkpoint path.")
+@click.option("--backbone", default=None)
+@click.option("--max-steps", type=int, default=None)
+@pass_ctx
+@handle_errors
+def demo_cmd(c: Ctx, catalogue: Path | None, epochs: int, image_size: int, weights: str,
+             backbone: str | None, max_steps: int | None) -> None:
+    """Run the whole pipeline (train, extract, router, evaluate) on a small catalogue."""
+    from shared.data.readers import read_folder
+    from shared.data.synthetic import generate_catalogue
+    from shared.pipeline import extract, train_model, train_router
+    from shared.vision.training import TrainConfig
+
+    s = c.settings
+    t0 = time.perf_counter()
+    if catalogue is None:
+        catalogue = c.store.root / "demo-catalogue"
+        if not (catalogue / "train").is_dir():
+            click.echo(f"generating a demo catalogue in {catalogue}")
+            generate_catalogue(catalogue, size=max(96, image_size))
+    scan = read_folder(catalogue)
+    click.echo(scan.summary())
+    scan.require_samples()
+    cfg = TrainConfig(backbone=backbone or s.backbone, weights=weights, epochs=epochs, image_size=image_size,
+                      batch_size=16, seed=s.seed, workers=s.loader_workers, device=s.device,
+                      max_steps_per_epoch=max_steps)
+    click.echo(f"1/4 training {cfg.backbone} ({epochs} epochs at {image_size}px)")
+    result = train_model(scan, c.store, cfg)
+    click.echo(f"    weights used: {result.weights_source}; model {result.model_id}")
+    from shared.vision.modelfile import load_model
+
+    loaded = load_model(result.best_path)
+    gallery_samples = [x for x in scan.samples if x.split in ("train", "val", None)]
+    click.echo(f"2/4 extracting features of {len(gallery_samples)} catalogue images")
+    gallery = extract(gallery_samples, loaded, c.store, batch_size=s.batch_size, workers=s.loader_workers,
+                      device=s.device, precision=s.precision).features
+    click.echo("3/4 training the SVM router")
+    router, _ = train_router(gallery, c.store, seed=s.seed)
+    click.echo(f"    {router.params}")
+    click.echo("4/4 evaluating")
+    ks = [10, 100, 1000]
+    paths = run_evaluation(c, scan, ["train", "val"], "test", ks, s.metric,
+                           ["label", "svm", "svm-fallback", "none"], result.best_path, None, None, None)
+    click.echo(paths["markdown"].read_text())
+    click.echo(f"done in {time.perf_counter() - t0:.0f} s")
+    click.echo(f"report: {paths['markdown']}")
+    click.echo(f"        {paths['json']}")
+    click.echo(f"        {paths['grid']}")
+    click.echo(f"try:    fir --home {c.store.root} query {scan.split('test')[0].path}")
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""One typed Settings object, read from ``FIR_*`` environment variables.
+
+Both factories (``api.create_app`` and ``worker.celery_app.make_celery``) and the ``fir``
+command line take a :class:`Settings`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Settings(BaseSettings):
+    """FIR's configuration. Every field can be set as ``FIR_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FIR_", extra="ignore")
+
+    # Where FIR keeps its files (models, routers, feature sets, the SQLite database, images).
+    home: Path = Field(default=Path("fir-data"))
+    # Real photos used by the tests and benchmarks that need them (the kit's data folder).
+    shared_data: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+
+    database_url: str | None = None  # default: a SQLite file under ``home``
+    broker_url: str | None = None  # default: kombu's filesystem transport under ``home``
+
+    # Model
+    backbone: str = "resnet50"
+    # ``imagenet`` (torchvision's downloader, cached), ``none`` (random init) or a checkpoint path
+    weights: str = "imagenet"
+    image_size: int = 224
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = "auto"
+    batch_size: int = 16
+    loader_workers: int = 1
+
+    # Imaging limits
+    max_image_pixels: int = 40_000_000
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    # Search and routing
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    top_k: int = 10
+    routing: Literal["label", "svm", "svm-fallback", "none"] = "svm-fallback"
+    fallback_threshold: float = 0.6
+
+    seed: int = 0
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home() / 'fir.db'}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides applied on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

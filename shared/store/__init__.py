@@ -1,0 +1,1 @@
+"""Where FIR keeps files: model artifacts, feature sets, routers, reports and images."""

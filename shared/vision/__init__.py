@@ -1,0 +1,1 @@
+"""Backbones, preprocessing, embedding, training and the SVM router."""

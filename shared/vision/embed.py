@@ -1,0 +1,175 @@
+"""Batched feature extraction with a loaded model: eval mode, inference mode, the right
+device and precision, decoding overlapped with compute."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from shared.errors import BadImage, InvalidInput
+from shared.imaging import DEFAULT_MAX_PIXELS, load_image
+from shared.vision.backbone import FeatureNet
+from shared.vision.preprocess import make_transform, resize_size
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("device 'cuda' was asked for but no CUDA device is available")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 autocast on CUDA; fp32 on CPU (bf16 is opt-in there, see bench/)."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise InvalidInput(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidInput("fp16 runs on CUDA only; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EmbedResult:
+    """Features of the images that decoded; ``errors`` maps input position -> reason."""
+
+    vectors: npt.NDArray[np.float32]  # [n_ok, d]
+    ok: npt.NDArray[np.int64]  # input positions of the rows of ``vectors``
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class _PathDataset(Dataset[tuple[torch.Tensor, int, str]]):
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
+                 image_size: int, max_pixels: int) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.draft = (resize_size(image_size), resize_size(image_size))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=self.draft)
+            return self.transform(img), i, ""
+        except BadImage as exc:
+            return torch.zeros(3, self.image_size, self.image_size), i, exc.reason
+
+
+class Embedder:
+    """Holds a :class:`FeatureNet` on its device and turns images into features."""
+
+    def __init__(
+        self,
+        net: FeatureNet,
+        backbone: str,
+        image_size: int,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = (self.device.type == "cuda" or self.precision == "bf16") if channels_last is None else channels_last
+        self.backbone = backbone
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.transform = make_transform(backbone, image_size)
+        net = net.eval().to(self.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+
+    @property
+    def feature_dim(self) -> int:
+        return self.net.feature_dim
+
+    def describe(self) -> str:
+        return f"{self.backbone} on {self.device} ({self.precision}{', channels_last' if self.channels_last else ''})"
+
+    @torch.inference_mode()
+    def embed_tensor(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        x = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            feats = self.net.features(x)
+        return feats.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> npt.NDArray[np.float32]:
+        if not images:
+            return np.zeros((0, self.feature_dim), np.float32)
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self.embed_tensor(torch.stack([self.transform(im) for im in chunk])))
+        return np.concatenate(out)
+
+    def embed_paths(
+        self,
+        paths: Sequence[Path],
+        batch_size: int = 16,
+        workers: int = 1,
+        progress: bool = True,
+        desc: str = "embedding",
+    ) -> EmbedResult:
+        """Embed image files; decoding runs in ``workers`` loader processes beside the model."""
+        if not paths:
+            return EmbedResult(np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64))
+        loader = DataLoader(
+            _PathDataset(paths, self.transform, self.image_size, self.max_pixels),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        vectors: list[npt.NDArray[np.float32]] = []
+        ok: list[int] = []
+        errors: dict[int, str] = {}
+        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+        for images, idx, errs in _iterate(loader):
+            good = [j for j, e in enumerate(errs) if not e]
+            for j, e in enumerate(errs):
+                if e:
+                    errors[int(idx[j])] = e
+            if good:
+                feats = self.embed_tensor(images[good] if len(good) < len(errs) else images)
+                vectors.append(feats)
+                ok.extend(int(idx[j]) for j in good)
+            bar.update(len(errs))
+        bar.close()
+        for i, reason in sorted(errors.items()):
+            log.warning("skipped %s: %s", paths[i], reason)
+        mat = np.concatenate(vectors) if vectors else np.zeros((0, self.feature_dim), np.float32)
+        return EmbedResult(mat, np.asarray(ok, dtype=np.int64), errors)
+
+
+def _iterate(loader: DataLoader[tuple[torch.Tensor, int, str]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    for images, idx, errs in loader:
+        yield images, idx, list(errs)
