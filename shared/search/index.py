@@ -65,7 +65,7 @@ class ShardedIndex:
         self.metric: Metric = metric
         self.dim = int(vectors.shape[1])
         self.size = int(vectors.shape[0])
-        self.categories = np.asarray(list(categories), dtype=object)
+        self.categories = np.asarray([str(c) for c in categories], dtype=object)
         base = l2_normalise(vectors) if metric == "cosine" else np.ascontiguousarray(vectors)
         self._all = _Shard(
             rows=np.arange(self.size, dtype=np.int64),
@@ -135,7 +135,9 @@ class ShardedIndex:
         scores = np.full((m, k), np.nan, dtype=np.float32)
         groups: dict[tuple[str, ...] | None, list[int]] = {}
         for i, route in enumerate(routes):
-            key = None if route is None else tuple(sorted(set(route)))
+            key = None if route is None else tuple(sorted({str(c) for c in route}))
+            if key == ():
+                raise InvalidInput(f"query {i} has an empty route (no category to search)")
             groups.setdefault(key, []).append(i)
         for key, members in groups.items():
             qi = np.asarray(members, dtype=np.int64)
