@@ -122,6 +122,10 @@ def train_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_column
     click.echo(f"categories: {', '.join(result.labels)}")
     click.echo(f"best: {json.dumps({k: round(v, 4) for k, v in result.best.items() if isinstance(v, float)})}")
     click.echo(f"model {result.model_id} saved to {result.best_path}")
+    ensure_db(c)
+    version_id = register_model(c, result.best_path)
+    click.echo(f"registered as model version {version_id} (activate it with `fir models activate {version_id}`"
+               " after `fir train-router`)")
 
 
 @main.command("extract")
@@ -166,6 +170,18 @@ def train_router_cmd(c: Ctx, features: Path | None, cv: int, out: Path | None) -
     cv_text = f", cross-validated accuracy {router.cv_accuracy:.3f}" if router.cv_accuracy is not None else ""
     click.echo(f"router over {', '.join(router.labels)}: {router.params}{cv_text}")
     click.echo(f"saved to {path} (model {router.model_id})")
+    ensure_db(c)
+    from shared.db import services
+    from shared.vision.modelfile import file_sha256
+
+    with db_session(c) as session:
+        try:
+            mv = services.get_model_version_by_model_id(session, router.model_id)
+        except FirError:
+            mv = None
+        if mv is not None:
+            services.set_model_router(session, mv.id, str(path.resolve()), file_sha256(path))
+            click.echo(f"attached to model version {mv.id}")
 
 
 @main.command("query")
@@ -283,11 +299,26 @@ def run_evaluation(c: Ctx, scan: Any, gallery_splits: list[str], query_split: st
 
         rtr, _ = train_router(gallery, c.store, seed=s.seed)
     report = evaluate_retrieval(gallery, queries.features, rtr, modes=tuple(modes), ks=tuple(ks), metric=metric,
-                                threshold=s.fallback_threshold, extraction_ms=queries.ms_per_image)
+                                threshold=s.fallback_threshold,
+                                extraction_ms=single_image_ms(loaded, query_samples, s))
     report.meta["weights_source"] = loaded.meta.weights_source
     report.meta["model_metrics"] = {k: v for k, v in loaded.meta.metrics.items() if k != "history"}
     written = write_report(report, out or c.store.new_report_dir())
     return {"markdown": written["markdown"], "json": written["json"], "grid": written["grid"]}
+
+
+def single_image_ms(model: Any, samples: list[Any], s: Settings, n: int = 8) -> float:
+    """Warm, one-image-at-a-time feature extraction (decode included), in ms per image."""
+    from shared.imaging import load_image
+    from shared.pipeline import embedder_for
+
+    embedder = embedder_for(model, s.device, s.precision)
+    paths = [x.path for x in samples[: n + 1]]
+    embedder.embed_images([load_image(paths[0])])  # warm-up
+    t0 = time.perf_counter()
+    for p in paths[1:] or paths:
+        embedder.embed_images([load_image(p)])
+    return (time.perf_counter() - t0) * 1000 / len(paths[1:] or paths)
 
 
 @main.command("demo")
@@ -319,6 +350,13 @@ def demo_cmd(c: Ctx, catalogue: Path | None, epochs: int, image_size: int, weigh
     scan = read_folder(catalogue)
     click.echo(scan.summary())
     scan.require_samples()
+    if not scan.split("test"):
+        # A catalogue without split folders: hold out every 5th image of each category as queries.
+        from dataclasses import replace
+
+        ordered = sorted(scan.samples, key=lambda x: (str(x.category), x.key))
+        scan.samples = [replace(x, split="test" if i % 5 == 4 else (x.split or "train"))
+                        for i, x in enumerate(ordered)]
     cfg = TrainConfig(backbone=backbone or s.backbone, weights=weights, epochs=epochs, image_size=image_size,
                       batch_size=16, seed=s.seed, workers=s.loader_workers, device=s.device,
                       max_steps_per_epoch=max_steps)
@@ -347,6 +385,252 @@ def demo_cmd(c: Ctx, catalogue: Path | None, epochs: int, image_size: int, weigh
     click.echo(f"try:    fir --home {c.store.root} query {scan.split('test')[0].path}")
 
 
+
+
+
+# -- the database and the service -----------------------------------------------------------
+def db_session(c: Ctx) -> Any:
+    from shared.db.session import session_scope
+
+    return session_scope(c.settings)
+
+
+def register_model(c: Ctx, model_path: Path, router_path: Path | None = None) -> int:
+    """Record a model file (and its router) as a model version in the database."""
+    from shared.db import services
+    from shared.vision.modelfile import file_sha256, read_meta
+
+    meta, _ = read_meta(model_path)
+    sha = file_sha256(model_path)
+    with db_session(c) as session:
+        mv = services.register_model_version(
+            session, backbone=meta.backbone, weights_source=meta.weights_source, labels=meta.labels,
+            model_id=sha[:16], checkpoint_path=str(model_path.resolve()), checkpoint_sha256=sha,
+            training_config=meta.config, metrics={k: v for k, v in meta.metrics.items() if k != "history"},
+            embedding_dim=None)
+        if router_path is not None:
+            services.set_model_router(session, mv.id, str(router_path.resolve()), file_sha256(router_path))
+        return mv.id
+
+
+def ensure_db(c: Ctx) -> None:
+    from shared.db.migrate import upgrade
+
+    upgrade(c.settings.resolved_database_url())
+
+
+@main.group("db")
+def db_group() -> None:
+    """The database: create or migrate it."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+@handle_errors
+def db_upgrade(c: Ctx, revision: str) -> None:
+    """Create or migrate the database to the latest schema."""
+    from shared.db.migrate import current, upgrade
+
+    url = c.settings.resolved_database_url()
+    upgrade(url, revision)
+    click.echo(f"database at revision {current(url)} ({_safe_url(url)})")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.group("models")
+def models_group() -> None:
+    """Model versions: list, register, activate, roll back."""
+
+
+@models_group.command("list")
+@pass_ctx
+@handle_errors
+def models_list(c: Ctx) -> None:
+    from shared.db import services
+
+    ensure_db(c)
+    with db_session(c) as session:
+        versions = services.list_model_versions(session)
+    if not versions:
+        click.echo("no model versions; `fir train` then `fir models activate`")
+    for v in versions:
+        acc = (v.metrics or {}).get("val_accuracy")
+        click.echo(f"{v.id:4d}  {v.state:8s} {v.model_id}  {v.backbone:18s} router: {'yes' if v.router_path else 'no '}"
+                   f"  val accuracy: {acc if acc is not None else '-'}  weights: {v.weights_source}")
+
+
+@models_group.command("activate")
+@click.argument("model", required=False)
+@pass_ctx
+@handle_errors
+def models_activate(c: Ctx, model: str | None) -> None:
+    """Make MODEL (a version id, a model id, or by default the current model) the active one.
+    Workers follow the switch without a restart."""
+    from shared.db import services
+
+    ensure_db(c)
+    if model is None:
+        path = c.store.require("model", None, "train one with `fir train`")
+        router = c.store.current().get("router")
+        from shared.vision.router import Router
+
+        router_path = Path(router) if router and Path(router).is_file() else None
+        version_id = register_model(c, path, router_path)
+        if router_path is not None:
+            from shared.vision.modelfile import file_sha256
+
+            Router.load(router_path, expect_model_id=file_sha256(path)[:16])
+    else:
+        with db_session(c) as session:
+            version_id = (int(model) if model.isdigit() and len(model) < 8
+                          else services.get_model_version_by_model_id(session, model).id)
+    with db_session(c) as session:
+        mv = services.activate_model_version(session, version_id)
+    click.echo(f"active model version {mv.id} ({mv.model_id}, {mv.backbone})")
+
+
+@models_group.command("rollback")
+@pass_ctx
+@handle_errors
+def models_rollback(c: Ctx) -> None:
+    """Re-activate the previously active model version."""
+    from shared.db import services
+
+    with db_session(c) as session:
+        mv = services.rollback_model_version(session)
+    click.echo(f"active model version {mv.id} ({mv.model_id})")
+
+
+@main.command("index")
+@click.argument("catalogue_dir", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="Catalogue name (default: the folder's name).")
+@click.option("--full", is_flag=True, help="Re-embed everything, not only new and changed images.")
+@pass_ctx
+@handle_errors
+def index_cmd(c: Ctx, catalogue_dir: Path, name: str | None, full: bool) -> None:
+    """Index a catalogue folder (or CSV manifest) incrementally with the active model."""
+    from shared.db import services
+    from shared.errors import NotFound
+    from shared.indexing import index_catalogue
+    from shared.vision.embed import Embedder
+    from shared.vision.modelfile import load_model
+    from shared.vision.router import Router
+
+    if not catalogue_dir.exists():
+        raise NotFound(f"catalogue {catalogue_dir} does not exist")
+    ensure_db(c)
+    s = c.settings
+    kind = "manifest" if catalogue_dir.is_file() else "folder"
+    with db_session(c) as session:
+        active = services.get_active_model_version(session)
+        if active is None:
+            raise NotFound("no active model version: `fir train`, `fir train-router`, then `fir models activate`")
+        cat, _ = services.get_or_create_catalogue(
+            session, name or catalogue_dir.resolve().name, source_kind=kind,
+            source_path=str(catalogue_dir.resolve()),
+            root=str(catalogue_dir.resolve() if kind == "folder" else catalogue_dir.resolve().parent))
+    model = load_model(Path(str(active.checkpoint_path)))
+    router = Router.load(Path(active.router_path), expect_model_id=model.model_id) if active.router_path else None
+    embedder = Embedder(model.net, model.meta.backbone, model.meta.image_size, device=s.device,
+                        precision=s.precision, max_pixels=s.max_image_pixels)
+    report = index_catalogue(s, cat.id, active.id, embedder, router, full=full, show_bar=True)
+    click.echo(f"catalogue {cat.name} (id {cat.id}), model version {active.id}: {report.summary()}")
+    for key, reason in list(report.bad_reasons.items())[:10]:
+        click.echo(f"  bad: {key}: {reason}")
+
+
+@main.command("status")
+@pass_ctx
+@handle_errors
+def status_cmd(c: Ctx) -> None:
+    """Catalogues, queued and running jobs, live workers."""
+    from shared.db import heartbeat, listing, services
+
+    ensure_db(c)
+    with db_session(c) as session:
+        active = services.get_active_model_version(session)
+        click.echo(f"active model: {f'{active.id} ({active.model_id}, {active.backbone})' if active else 'none'}")
+        for cat in services.list_catalogues(session):
+            counts = services.count_items(session, cat.id)
+            by_cat = listing.count_by_category(session, cat.id)
+            click.echo(f"catalogue {cat.id} {cat.name}: {counts} {by_cat}")
+        for status in ("queued", "running"):
+            jobs = services.list_jobs(session, status=status, limit=20)
+            click.echo(f"{status} jobs: {len(jobs)}" + "".join(
+                f"\n  {j.id} {j.type} {j.progress_done}/{j.progress_total or '?'}" for j in jobs))
+        workers = heartbeat.recent(session, max_age_s=60)
+        click.echo(f"live workers: {len(workers)}" + "".join(
+            f"\n  {w['name']} ({w['queues']}) seen {w['last_seen']}" for w in workers))
+
+
+@main.command("up")
+@click.option("--catalogue", type=click.Path(path_type=Path), default=None,
+              help="A catalogue folder to serve (default: a generated demo catalogue).")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--weights", default="none", show_default=True,
+              help="For the first model, when none is active: none, imagenet or a checkpoint.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="For the first model.")
+@pass_ctx
+@handle_errors
+def up_cmd(c: Ctx, catalogue: Path | None, host: str | None, port: int | None, weights: str, epochs: int) -> None:
+    """Set up and start FIR on this machine: database, a model, an indexed catalogue, then the
+    worker, beat and the API as processes. Ctrl-C stops them all."""
+    from shared.db import services
+    from shared.service import Supervisor
+
+    s = c.settings
+    if host:
+        s.api_host = host
+    if port:
+        s.api_port = port
+    ensure_db(c)
+    click.echo(f"database: {_safe_url(s.resolved_database_url())}")
+    with db_session(c) as session:
+        active = services.get_active_model_version(session)
+    if catalogue is None:
+        from shared.data.synthetic import generate_catalogue
+
+        catalogue = c.store.root / "demo-catalogue"
+        if not (catalogue / "train").is_dir():
+            click.echo(f"generating a demo catalogue in {catalogue}")
+            generate_catalogue(catalogue, size=96)
+    if active is None:
+        click.echo("no active model: training a first one (small, quick; `fir train` makes better ones)")
+        ctx = click.get_current_context()
+        ctx.invoke(train_cmd, dataset=catalogue, fmt="auto", path_column="path", category_column="category",
+                   split_column="split", backbone=None, weights=weights, epochs=epochs, lr=1e-3, body_lr=None,
+                   batch_size=16, image_size=96, max_steps=None, resume=None, precision="auto")
+        ctx.invoke(extract_cmd, dataset=catalogue, fmt="auto", path_column="path", category_column="category",
+                   split_column="split", model=None, splits=None, out=None)
+        ctx.invoke(train_router_cmd, features=None, cv=3, out=None)
+        ctx.invoke(models_activate, model=None)
+    ctx = click.get_current_context()
+    ctx.invoke(index_cmd, catalogue_dir=catalogue, name=None, full=False)
+    sup = Supervisor(s, log_dir=c.store.root / "logs")
+    sup.start()
+    url = f"http://{s.api_host}:{s.api_port}"
+    if s.api_host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {s.api_host}: anyone who reaches this address can use FIR", err=True)
+    click.echo(f"FIR is starting at {url}  (API docs: {url}/api/v1/docs; logs in {c.store.root / 'logs'})")
+    click.echo("Ctrl-C stops every process.")
+    try:
+        while all(sup.alive().values()):
+            time.sleep(1.0)
+        dead = [n for n, ok in sup.alive().items() if not ok]
+        click.echo(f"process stopped unexpectedly: {', '.join(dead)} (see its log)", err=True)
+        sup.stop()
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("stopping...")
+        sup.stop()
+        click.echo("stopped")
 
 
 if __name__ == "__main__":

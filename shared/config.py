@@ -52,6 +52,17 @@ class Settings(BaseSettings):
 
     seed: int = 0
 
+    # Service
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    nightly_reindex_at: str = "02:00"  # UTC, HH:MM
+    housekeeping_every_s: float = 3600.0
+    result_ttl_days: float = 7.0
+    task_soft_time_limit: int = 3300
+    task_hard_time_limit: int = 3600
+    query_batch_max: int = 16  # queries waiting together are embedded together
+    worker_heartbeat_s: float = 10.0
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 

@@ -55,15 +55,15 @@ def check_query_params(k: int, metric: str, routing: str) -> None:
 
 class RetrievalEngine:
     def __init__(self, model: LoadedModel, catalogue: FeatureSet, router: Router | None,
-                 device: str = "auto", precision: str = "auto") -> None:
+                 device: str = "auto", precision: str = "auto", embedder: Embedder | None = None) -> None:
         catalogue.check_model(model.model_id)
         if router is not None:
             router.check_model(model.model_id)
         self.model = model
         self.catalogue = catalogue
         self.router = router
-        self.embedder = Embedder(model.net, model.meta.backbone, model.meta.image_size,
-                                 device=device, precision=precision)
+        self.embedder = embedder or Embedder(model.net, model.meta.backbone, model.meta.image_size,
+                                             device=device, precision=precision)
         self._indexes: dict[str, ShardedIndex] = {}
 
     @classmethod

@@ -37,8 +37,11 @@ def shared_data() -> Path:
 def synthetic_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from shared.data.synthetic import generate_catalogue
 
-    return generate_catalogue(tmp_path_factory.mktemp("catalogue"), size=64,
-                              per_category={"train": 16, "val": 4, "test": 4})
+    return generate_catalogue(
+        tmp_path_factory.mktemp("catalogue"),
+        size=64,
+        per_category={"train": 16, "val": 4, "test": 4},
+    )
 
 
 @dataclass
@@ -64,10 +67,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_catalogue: Path)
     home = tmp_path_factory.mktemp("fir-home")
     store = ArtifactStore(home)
     scan = read_folder(synthetic_catalogue)
-    cfg = TrainConfig(backbone="resnet50", weights="none", epochs=1, image_size=64, batch_size=16,
-                      workers=0, max_steps_per_epoch=3, seed=0)
+    cfg = TrainConfig(
+        backbone="resnet50",
+        weights="none",
+        epochs=1,
+        image_size=64,
+        batch_size=16,
+        workers=0,
+        max_steps_per_epoch=3,
+        seed=0,
+    )
     result = train_model(scan, store, cfg, progress=False)
     model = load_model(result.best_path)
     feats = extract(scan.split("train", "val"), model, store, workers=0, progress=False)
     _, router_path = train_router(feats.features, store, cv=2)
-    return Trained(home, synthetic_catalogue, result.best_path, feats.path, router_path, model.model_id)
+    return Trained(
+        home, synthetic_catalogue, result.best_path, feats.path, router_path, model.model_id
+    )

@@ -22,7 +22,9 @@ def run(home: Path, *args: str) -> Result:
 
 @pytest.fixture(scope="module")
 def engine(trained) -> RetrievalEngine:  # type: ignore[no-untyped-def]
-    return RetrievalEngine.from_files(trained.model_path, trained.features_path, trained.router_path)
+    return RetrievalEngine.from_files(
+        trained.model_path, trained.features_path, trained.router_path
+    )
 
 
 def test_engine_matches_direct_index(engine: RetrievalEngine) -> None:
@@ -63,10 +65,14 @@ def test_engine_bad_parameters(engine: RetrievalEngine) -> None:
 
 def test_engine_refuses_mismatched_artifacts(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     feats = FeatureSet.load(trained.features_path)
-    other = Router.fit(feats.vectors, feats.categories, model_id="0000000000000000", backbone="resnet50", cv=2)
+    other = Router.fit(
+        feats.vectors, feats.categories, model_id="0000000000000000", backbone="resnet50", cv=2
+    )
     other.save(tmp_path / "other.joblib")
     with pytest.raises(ModelMismatch):
-        RetrievalEngine.from_files(trained.model_path, trained.features_path, tmp_path / "other.joblib")
+        RetrievalEngine.from_files(
+            trained.model_path, trained.features_path, tmp_path / "other.joblib"
+        )
 
 
 def test_cli_query(trained) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +83,17 @@ def test_cli_query(trained) -> None:  # type: ignore[no-untyped-def]
     assert len(out["results"]) == 3 and out["model_id"] == trained.model_id
     scores = [r["score"] for r in out["results"]]
     assert scores == sorted(scores, reverse=True)
-    res = run(trained.home, "query", str(image), "-k", "2", "--metric", "euclidean", "--category", "toptee")
+    res = run(
+        trained.home,
+        "query",
+        str(image),
+        "-k",
+        "2",
+        "--metric",
+        "euclidean",
+        "--category",
+        "toptee",
+    )
     assert res.exit_code == 0 and "searched: toptee" in res.output
 
 
@@ -93,8 +109,9 @@ def test_cli_errors(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped
     res = run(trained.home, "query", str(tmp_path / "missing.jpg"))
     assert res.exit_code == 2 and "file not found" in res.output
     feats = FeatureSet.load(trained.features_path)
-    Router.fit(feats.vectors, feats.categories, model_id="ffffffffffffffff", backbone="resnet50",
-               cv=2).save(tmp_path / "foreign.joblib")
+    Router.fit(
+        feats.vectors, feats.categories, model_id="ffffffffffffffff", backbone="resnet50", cv=2
+    ).save(tmp_path / "foreign.joblib")
     res = run(trained.home, "query", str(image), "--router", str(tmp_path / "foreign.joblib"))
     assert res.exit_code == 2 and "cannot route features of model" in res.output
     res = run(tmp_path / "fresh-home", "query", str(image))
@@ -104,8 +121,16 @@ def test_cli_errors(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped
 def test_cli_extract_and_router_on_copy(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     shutil.copytree(trained.home, home)
-    res = run(home, "extract", "--dataset", str(trained.catalogue), "--splits", "train",
-              "--out", str(tmp_path / "f.npz"))
+    res = run(
+        home,
+        "extract",
+        "--dataset",
+        str(trained.catalogue),
+        "--splits",
+        "train",
+        "--out",
+        str(tmp_path / "f.npz"),
+    )
     assert res.exit_code == 0, res.output
     feats = FeatureSet.load(tmp_path / "f.npz")
     assert len(feats) == 48 and feats.model_id == trained.model_id

@@ -22,8 +22,9 @@ MODEL = "m-test-1"
 KS = (5, 30, 200)  # 200 is larger than the 90-item gallery
 
 
-def make_set(root: Path, name: str, per_cat: int, seed: int, spread: float = 0.6,
-             model_id: str = MODEL) -> FeatureSet:
+def make_set(
+    root: Path, name: str, per_cat: int, seed: int, spread: float = 0.6, model_id: str = MODEL
+) -> FeatureSet:
     rng = np.random.default_rng(seed)
     centres = np.eye(DIM, dtype=np.float32)[: len(CATS)] * 4.0
     vectors, cats, paths, keys = [], [], [], []
@@ -37,8 +38,15 @@ def make_set(root: Path, name: str, per_cat: int, seed: int, spread: float = 0.6
             Image.new("RGB", (24, 32), COLOURS[cat]).save(path, format="JPEG")
             paths.append(str(path))
             keys.append(key)
-    return FeatureSet(vectors=np.asarray(vectors, dtype=np.float32), keys=keys, categories=cats,
-                      splits=[name] * len(keys), paths=paths, model_id=model_id, backbone="toy")
+    return FeatureSet(
+        vectors=np.asarray(vectors, dtype=np.float32),
+        keys=keys,
+        categories=cats,
+        splits=[name] * len(keys),
+        paths=paths,
+        model_id=model_id,
+        backbone="toy",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,9 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSet, FeatureS
 @pytest.fixture(scope="module")
 def report(sets: tuple[FeatureSet, FeatureSet, Router]) -> EvalReport:
     gallery, queries, router = sets
-    return evaluate_retrieval(gallery, queries, router, ks=KS, extraction_ms=12.5, latency_sample=10)
+    return evaluate_retrieval(
+        gallery, queries, router, ks=KS, extraction_ms=12.5, latency_sample=10
+    )
 
 
 def test_rows_for_each_mode_and_k(report: EvalReport) -> None:
@@ -128,12 +138,16 @@ def test_without_router_svm_modes_are_skipped(sets: tuple[FeatureSet, FeatureSet
         evaluate_retrieval(gallery, queries, None, modes=("svm",), ks=(10,))
 
 
-def test_model_mismatch_is_refused(sets: tuple[FeatureSet, FeatureSet, Router], tmp_path: Path) -> None:
+def test_model_mismatch_is_refused(
+    sets: tuple[FeatureSet, FeatureSet, Router], tmp_path: Path
+) -> None:
     gallery, queries, router = sets
     other = make_set(tmp_path, "other", 2, seed=5, model_id="m-other")
     with pytest.raises(ModelMismatch):
         evaluate_retrieval(gallery, other, None, ks=(5,))
-    foreign = Router(labels=router.labels, model_id="m-other", backbone="toy", pipeline=router.pipeline)
+    foreign = Router(
+        labels=router.labels, model_id="m-other", backbone="toy", pipeline=router.pipeline
+    )
     with pytest.raises(ModelMismatch):
         evaluate_retrieval(gallery, queries, foreign, ks=(5,))
 
@@ -146,8 +160,15 @@ def test_bad_arguments(sets: tuple[FeatureSet, FeatureSet, Router]) -> None:
         evaluate_retrieval(gallery, queries, router, modes=("random",), ks=(5,))
     with pytest.raises(InvalidInput):
         evaluate_retrieval(gallery, queries, router, metric="manhattan", ks=(5,))
-    stranger = FeatureSet(vectors=queries.vectors[:1], keys=["x"], categories=["coat"], splits=[""],
-                          paths=[""], model_id=MODEL, backbone="toy")
+    stranger = FeatureSet(
+        vectors=queries.vectors[:1],
+        keys=["x"],
+        categories=["coat"],
+        splits=[""],
+        paths=[""],
+        model_id=MODEL,
+        backbone="toy",
+    )
     with pytest.raises(UnknownCategory):
         evaluate_retrieval(gallery, stranger, router, ks=(5,))
 
@@ -174,8 +195,13 @@ def test_grid_tolerates_unreadable_images(report: EvalReport, tmp_path: Path) ->
     ex = report.examples[0]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    ex_bad = type(ex)(key=ex.key, path=str(tmp_path / "missing.jpg"), category=ex.category, route=None,
-                      results=[type(r)(**{**r.__dict__, "path": str(broken)}) for r in ex.results])
+    ex_bad = type(ex)(
+        key=ex.key,
+        path=str(tmp_path / "missing.jpg"),
+        category=ex.category,
+        route=None,
+        results=[type(r)(**{**r.__dict__, "path": str(broken)}) for r in ex.results],
+    )
     out = render_grid([ex_bad], tmp_path / "grid.png", thumb=40)
     with Image.open(out) as img:
         img.load()

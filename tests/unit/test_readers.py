@@ -110,8 +110,16 @@ def test_fashioniq_reader_on_real_annotations(shared_data: Path, tmp_path: Path)
     photos = sorted((shared_data / "clothing_dataset_small" / "train" / "t-shirt").glob("*.jpg"))
     real = {f.name: json.loads(f.read_text()) for f in ann.glob("split.*.json")}
     assert len(real) == 9
-    shirt_all = set(real["split.shirt.train.json"]) | set(real["split.shirt.val.json"]) | set(real["split.shirt.test.json"])
-    toptee_all = set(real["split.toptee.train.json"]) | set(real["split.toptee.val.json"]) | set(real["split.toptee.test.json"])
+    shirt_all = (
+        set(real["split.shirt.train.json"])
+        | set(real["split.shirt.val.json"])
+        | set(real["split.shirt.test.json"])
+    )
+    toptee_all = (
+        set(real["split.toptee.train.json"])
+        | set(real["split.toptee.val.json"])
+        | set(real["split.toptee.test.json"])
+    )
     assert len(shirt_all & toptee_all) == 3302  # the documented overlap, in the real files
     overlap = sorted(shirt_all & toptee_all)[:3]
 

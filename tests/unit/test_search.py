@@ -54,7 +54,11 @@ def reference(
     metric: str,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Brute force in float64: candidate rows of the routed categories, best first."""
-    cand = np.arange(len(vectors)) if route is None else np.flatnonzero(np.isin(np.asarray(cats), list(route)))
+    cand = (
+        np.arange(len(vectors))
+        if route is None
+        else np.flatnonzero(np.isin(np.asarray(cats), list(route)))
+    )
     v = vectors[cand].astype(np.float64)
     q = query.astype(np.float64)
     if metric == "cosine":
@@ -67,13 +71,16 @@ def reference(
     return cand[top], score[top]
 
 
-def routes_for(mode: str, index: ShardedIndex, m: int, seed: int = 3) -> list[tuple[str, ...] | None]:
+def routes_for(
+    mode: str, index: ShardedIndex, m: int, seed: int = 3
+) -> list[tuple[str, ...] | None]:
     rng = np.random.default_rng(seed)
     labels = index.shard_names
     given = [labels[i] for i in rng.integers(0, len(labels), size=m)]
     probs = fake_probabilities(m, labels)
-    return plan_routes(mode, m, labels=labels, probabilities=probs, given=given, threshold=THRESHOLD,
-                       known=labels)
+    return plan_routes(
+        mode, m, labels=labels, probabilities=probs, given=given, threshold=THRESHOLD, known=labels
+    )
 
 
 def check_against_reference(
@@ -96,7 +103,9 @@ def check_against_reference(
         np.testing.assert_allclose(got_score, ref_score, rtol=1e-4, atol=1e-4)
         # each returned score is the score of that very item
         by_item = dict(zip(ref_idx.tolist(), ref_score.tolist(), strict=True))
-        np.testing.assert_allclose(got_score, [by_item[j] for j in got_idx.tolist()], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            got_score, [by_item[j] for j in got_idx.tolist()], rtol=1e-4, atol=1e-4
+        )
         # best first: similarities descending, distances ascending
         step = np.diff(got_score)
         assert np.all(step <= 1e-6) if metric == "cosine" else np.all(step >= -1e-6)
@@ -123,17 +132,27 @@ def test_fallback_routes_use_two_shards(data: tuple) -> None:
     vectors, cats, queries = data
     index = ShardedIndex(vectors, cats)
     probs = fake_probabilities(len(queries), index.shard_names)
-    svm = plan_routes("svm", len(queries), labels=index.shard_names, probabilities=probs, threshold=THRESHOLD)
-    fb = plan_routes("svm-fallback", len(queries), labels=index.shard_names, probabilities=probs,
-                     threshold=THRESHOLD)
+    svm = plan_routes(
+        "svm", len(queries), labels=index.shard_names, probabilities=probs, threshold=THRESHOLD
+    )
+    fb = plan_routes(
+        "svm-fallback",
+        len(queries),
+        labels=index.shard_names,
+        probabilities=probs,
+        threshold=THRESHOLD,
+    )
     for i, (one, two) in enumerate(zip(svm, fb, strict=True)):
         assert one is not None and two is not None
         assert len(one) == 1
         assert two[0] == one[0]
         assert len(two) == (1 if probs[i].max() >= THRESHOLD else 2)
     res = index.search(queries, 60, fb)
-    mixed = [i for i, r in enumerate(fb) if r is not None and len(r) == 2
-             and len({cats[j] for j in res.indices[i] if j >= 0}) == 2]
+    mixed = [
+        i
+        for i, r in enumerate(fb)
+        if r is not None and len(r) == 2 and len({cats[j] for j in res.indices[i] if j >= 0}) == 2
+    ]
     assert mixed, "a fallback route should return items of both of its categories"
 
 

@@ -27,7 +27,9 @@ def test_trained_model_file(trained) -> None:  # type: ignore[no-untyped-def]
 def test_resume_continues_from_last_epoch(tmp_path: Path, synthetic_catalogue: Path) -> None:
     scan = read_folder(synthetic_catalogue)
     train_s, val_s = scan.split("train")[::6], scan.split("val")[::4]
-    cfg = TrainConfig(weights="none", epochs=1, image_size=32, batch_size=4, workers=0, max_steps_per_epoch=1)
+    cfg = TrainConfig(
+        weights="none", epochs=1, image_size=32, batch_size=4, workers=0, max_steps_per_epoch=1
+    )
     first = train(train_s, val_s, tmp_path, cfg, progress=False)
     assert len(first.history) == 1
     cfg.epochs = 2
@@ -39,8 +41,15 @@ def test_resume_continues_from_last_epoch(tmp_path: Path, synthetic_catalogue: P
 def test_training_is_seeded(tmp_path: Path, synthetic_catalogue: Path) -> None:
     scan = read_folder(synthetic_catalogue)
     train_s = scan.split("train")[::8]
-    cfg = TrainConfig(weights="none", epochs=1, image_size=32, batch_size=3, workers=0, max_steps_per_epoch=2,
-                      precision="fp32")
+    cfg = TrainConfig(
+        weights="none",
+        epochs=1,
+        image_size=32,
+        batch_size=3,
+        workers=0,
+        max_steps_per_epoch=2,
+        precision="fp32",
+    )
     a = train(train_s, [], tmp_path / "a", cfg, progress=False)
     b = train(train_s, [], tmp_path / "b", cfg, progress=False)
     assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], rel=1e-5)

@@ -1,0 +1,98 @@
+"""Jobs: poll, page through results, cancel, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import url_for
+
+from api.routes.common import db, iso
+from api.schemas import JobList, JobOut, JobsQuery, ResultPage, ResultsQuery
+from shared.db import services
+from shared.errors import Conflict
+
+bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
+
+INLINE_RESULTS = 100
+
+
+def _hits(result: Any) -> list[dict[str, Any]]:
+    return [{"rank": h.rank, "item_id": h.item_id, "key": h.external_key, "score": h.score,
+             "category": h.category, "image_url": url_for("catalogues.item_image", item_id=h.item_id)}
+            for h in result.hits]
+
+
+def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id, "type": job.type, "status": job.status, "catalogue_id": job.catalogue_id,
+        "progress": {"done": job.progress_done, "total": job.progress_total},
+        "params": {k: v for k, v in (job.params or {}).items() if k != "upload"},
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "result": job.result if job.type != "query" else None,
+    }
+    if with_results and job.type == "query" and job.status == "succeeded":
+        result = services.get_query_results(session, job.id)
+        if result is not None:
+            hits = _hits(result)
+            out["results"] = hits[:INLINE_RESULTS]
+            out["routing"] = {"mode": result.routing, "categories": result.routed_categories,
+                              "probabilities": result.probabilities}
+            out["model_version"] = {"id": result.model_version_id, "model_id": result.model_id}
+            out["elapsed_ms"] = result.elapsed_ms
+            if len(hits) > INLINE_RESULTS:
+                out["results_url"] = url_for("jobs.job_results", job_id=job.id, offset=INLINE_RESULTS)
+    return out
+
+
+@bp.get("/jobs/<int:job_id>")
+@bp.output(JobOut)
+def get_job(job_id: int) -> dict[str, Any]:
+    """Status, progress, timestamps, error, and for a finished query its ranked results."""
+    with db() as session:
+        return job_out(session, services.get_job(session, job_id))
+
+
+@bp.get("/jobs/<int:job_id>/results")
+@bp.input(ResultsQuery, location="query", arg_name="query")
+@bp.output(ResultPage)
+def job_results(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
+    """A finished query's results, a page at a time."""
+    with db() as session:
+        job = services.get_job(session, job_id)
+        if job.type != "query" or job.status != "succeeded":
+            raise Conflict(f"job {job_id} has no results (type {job.type}, status {job.status})")
+        result = services.get_query_results(session, job_id)
+        hits = _hits(result) if result else []
+    start, size = query["offset"], query["limit"]
+    page = hits[start : start + size]
+    return {"job_id": job_id, "total": len(hits), "offset": start, "results": page,
+            "next_offset": start + size if start + size < len(hits) else None}
+
+
+@bp.delete("/jobs/<int:job_id>")
+@bp.output(JobOut)
+def cancel_job(job_id: int) -> dict[str, Any]:
+    """Cancel a queued or running job; a finished job answers 409."""
+    with db() as session:
+        job = services.get_job(session, job_id)
+        if job.terminal:
+            raise Conflict(f"job {job_id} already {job.status}")
+        services.transition_job(session, job_id, "cancelled")
+        return job_out(session, services.get_job(session, job_id))
+
+
+@bp.get("/jobs")
+@bp.input(JobsQuery, location="query", arg_name="query")
+@bp.output(JobList)
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
+    """Newest first, with filters; ``next_cursor`` pages on."""
+    with db() as session:
+        jobs = services.list_jobs(session, status=query["status"], job_type=query["type"],
+                                  catalogue_id=query["catalogue_id"], limit=query["limit"] + 1,
+                                  before_id=query["cursor"])
+        more = len(jobs) > query["limit"]
+        jobs = jobs[: query["limit"]]
+        return {"jobs": [job_out(session, j, with_results=False) for j in jobs],
+                "next_cursor": jobs[-1].id if more else None}

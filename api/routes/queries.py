@@ -1,0 +1,106 @@
+"""Query submission: 202 Accepted + Location, polled through /api/v1/jobs/<id>."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import request
+
+from api.app import enqueue, fir_settings
+from api.routes.catalogues import EXTENSIONS, read_upload
+from api.routes.common import db, job_url, resolve_catalogue
+from api.schemas import JobAccepted, QueryFormIn, QueryJsonIn
+from shared.db import services
+from shared.errors import InvalidInput
+from shared.imaging import load_image, probe_image
+from worker.factory import TASK_QUERY
+
+bp = APIBlueprint("queries", __name__, url_prefix="/api/v1", tag="Queries")
+
+
+def _validate_category(params: dict[str, Any]) -> None:
+    if params["routing"] == "label" and not params.get("category"):
+        raise InvalidInput("routing 'label' needs the query's category")
+
+
+def submit(params: dict[str, Any], key: str | None) -> tuple[dict[str, Any], int, dict[str, str]]:
+    with db() as session:
+        job, created = services.create_job(session, "query", params=params,
+                                           catalogue_id=params["catalogue_id"], idempotency_key=key)
+    if created:
+        task_id = enqueue(TASK_QUERY, job.id)
+        if task_id:
+            with db() as session:
+                services.set_job_task_id(session, job.id, task_id)
+    return {"job_id": job.id}, 202, {"Location": job_url(job.id)}
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200):
+        raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
+    return key
+
+
+def _common(data: dict[str, Any]) -> dict[str, Any]:
+    with db() as session:
+        cat = resolve_catalogue(session, data["catalogue"])
+    params = {"catalogue_id": cat.id, "k": data["k"], "metric": data["metric"], "routing": data["routing"],
+              "category": data.get("category"), "threshold": data.get("threshold")}
+    _validate_category(params)
+    return params
+
+
+@bp.post("/queries")
+@bp.input(QueryFormIn, location="form_and_files", arg_name="form")
+@bp.output(JobAccepted, status_code=202)
+@bp.doc(description="Multipart `file` plus the query parameters; or a JSON body with `item_id` instead "
+                    "of a file (see QueryJsonIn). An `Idempotency-Key` header makes a retried "
+                    "submission return the same job.")
+def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    s = fir_settings()
+    key = _idempotency_key()
+    params = _common(form)
+    if key is not None:
+        with db() as session:
+            known = services.get_job_by_idempotency_key(session, key)
+        if known is not None:
+            return {"job_id": known.id}, 202, {"Location": job_url(known.id)}
+    data = read_upload(form["file"])
+    load_image(data, max_pixels=s.max_image_pixels)  # refuse bad images before anything is written
+    fmt = probe_image(data, max_pixels=s.max_image_pixels)[0]
+    folder = s.resolved_home() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}{EXTENSIONS.get(fmt, '.img')}"
+    path.write_bytes(data)
+    params["upload"] = str(path)
+    return submit(params, key)
+
+
+@bp.before_request
+def _json_query() -> Any:
+    """``POST /api/v1/queries`` with a JSON body queries by an existing item's id."""
+    if request.method == "POST" and request.endpoint == "queries.create_query" and request.is_json:
+        from flask import jsonify
+
+        from api.errors import error_body
+
+        schema = QueryJsonIn()
+        errors = schema.validate(request.get_json(silent=True) or {})
+        if errors:
+            return error_body("validation_error", f"the request is not valid: {errors}", 422)
+        data = schema.load(request.get_json())
+        params = _common(data)
+        with db() as session:
+            item = services.get_item(session, data["item_id"])
+        if item.catalogue_id != params["catalogue_id"]:
+            raise InvalidInput(f"item {item.id} is not in catalogue {params['catalogue_id']}")
+        params["item_id"] = item.id
+        body, status, headers = submit(params, _idempotency_key())
+        resp = jsonify(body)
+        resp.status_code = status
+        resp.headers.update(headers)
+        return resp
+    return None

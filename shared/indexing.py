@@ -1,0 +1,192 @@
+"""Incremental indexing of a catalogue into the database.
+
+Scan the catalogue's source -> hash every file (sha256) -> upsert items (new, changed,
+unchanged) -> embed only what has no vector for the active model version -> route items
+without a given category -> mark what disappeared as removed -> bump the index generation,
+so that workers reload. Unchanged images are never embedded twice; an image that fails to
+decode is recorded as bad with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import Settings
+from shared.data.readers import DatasetScan, Sample, read_dataset
+from shared.db import listing, services
+from shared.db.catalogues import BadItem, ScannedItem
+from shared.db.session import session_scope
+from shared.errors import BadImage, NotFound
+from shared.imaging import probe_image
+from shared.vision.embed import Embedder
+from shared.vision.router import Router
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IndexReport:
+    catalogue_id: int
+    model_version_id: int
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    bad: int = 0
+    embedded: int = 0
+    generation: int = 0
+    bad_reasons: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["bad_reasons"] = dict(list(self.bad_reasons.items())[:50])
+        return out
+
+    def summary(self) -> str:
+        return (f"{self.scanned} scanned: {self.new} new, {self.changed} changed, {self.unchanged} unchanged, "
+                f"{self.removed} removed, {self.bad} bad; {self.embedded} embedded; "
+                f"index generation {self.generation}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_samples(samples: Sequence[Sample], max_pixels: int) -> tuple[list[ScannedItem], list[BadItem]]:
+    """Hash and probe (header only) every sample."""
+    good: list[ScannedItem] = []
+    bad: list[BadItem] = []
+    for s in samples:
+        try:
+            size = s.path.stat().st_size
+            sha = file_sha256(s.path)
+        except OSError as exc:
+            bad.append(BadItem(key=s.key, reason=f"unreadable: {exc}", location=str(s.path)))
+            continue
+        try:
+            _, width, height = probe_image(s.path, max_pixels=max_pixels)
+        except BadImage as exc:
+            bad.append(BadItem(key=s.key, reason=exc.reason, sha256=sha, size_bytes=size, location=str(s.path)))
+            continue
+        meta = dict(s.metadata) if s.metadata else None
+        if s.split:
+            meta = {**(meta or {}), "split": s.split}
+        good.append(ScannedItem(key=s.key, sha256=sha, location=str(s.path), width=width, height=height,
+                                size_bytes=size, given_category=s.category, meta=meta))
+    return good, bad
+
+
+def read_source(source_kind: str, source_path: str) -> DatasetScan | None:
+    """The catalogue's source as a dataset scan; ``None`` for a catalogue fed only by uploads."""
+    if not source_path:
+        return None
+    path = Path(source_path)
+    if not path.exists():
+        raise NotFound(f"the catalogue's source {source_path} does not exist")
+    return read_dataset(path, "manifest" if source_kind == "manifest" else "auto")
+
+
+def embed_missing(
+    settings: Settings,
+    catalogue_id: int,
+    model_version_id: int,
+    embedder: Embedder,
+    router: Router | None,
+    report: IndexReport,
+    progress: Progress | None = None,
+    batch_size: int = 64,
+    show_bar: bool = False,
+) -> None:
+    """Embed every active item with no vector for the model version, batch by batch (each
+    batch committed with its progress, so a crash loses at most one batch)."""
+    with session_scope(settings) as session:
+        todo = services.items_missing_embeddings(session, catalogue_id, model_version_id)
+        infos = services.get_items(session, todo)
+    total = len(todo)
+    done = 0
+    if progress:
+        progress(0, total)
+    for start in range(0, total, batch_size):
+        ids = todo[start : start + batch_size]
+        paths = [Path(infos[i].location or "") for i in ids]
+        result = embedder.embed_paths(paths, batch_size=min(batch_size, 32), workers=settings.loader_workers,
+                                      progress=show_bar, desc="embedding")
+        ok_ids = [ids[j] for j in result.ok]
+        bad = [BadItem(key=infos[ids[j]].external_key, reason=reason, sha256=infos[ids[j]].sha256,
+                       size_bytes=infos[ids[j]].size_bytes, location=infos[ids[j]].location)
+               for j, reason in result.errors.items()]
+        with session_scope(settings) as session:
+            if ok_ids:
+                services.write_embeddings(session, model_version_id, ok_ids, result.vectors)
+                if router is not None:
+                    unlabelled = [k for k, i in enumerate(ok_ids) if not infos[i].given_category]
+                    if unlabelled:
+                        cats, _ = router.route(result.vectors[unlabelled])
+                        services.set_predicted_categories(
+                            session, {ok_ids[k]: c for k, c in zip(unlabelled, cats, strict=True)})
+            if bad:
+                services.record_bad_items(session, catalogue_id, bad)
+            done += len(ids)
+            report.embedded += len(ok_ids)
+            report.bad += len(bad)
+            report.bad_reasons.update({b.key: b.reason for b in bad})
+        if progress:
+            progress(done, total)
+
+
+def index_catalogue(
+    settings: Settings,
+    catalogue_id: int,
+    model_version_id: int,
+    embedder: Embedder,
+    router: Router | None,
+    full: bool = False,
+    progress: Progress | None = None,
+    show_bar: bool = False,
+) -> IndexReport:
+    """Bring the catalogue's index up to date with its source for one model version."""
+    report = IndexReport(catalogue_id=catalogue_id, model_version_id=model_version_id)
+    with session_scope(settings) as session:
+        cat = services.get_catalogue(session, catalogue_id)
+    scan = read_source(cat.source_kind, cat.source_path)
+    if scan is not None:
+        good, bad = scan_samples(scan.samples, settings.max_image_pixels)
+        report.scanned = len(scan.samples)
+        with session_scope(settings) as session:
+            up = services.upsert_items(session, catalogue_id, good)
+            report.new, report.changed, report.unchanged = up.new, up.changed, up.unchanged + up.reactivated
+            if bad:
+                services.record_bad_items(session, catalogue_id, bad)
+                report.bad += len(bad)
+                report.bad_reasons.update({b.key: b.reason for b in bad})
+            uploaded = listing.uploaded_item_keys(session, catalogue_id,
+                                                  str(settings.resolved_home() / "images"))
+            report.removed = services.mark_unseen_removed(
+                session, catalogue_id, {g.key for g in good} | {b.key for b in bad} | uploaded)
+    if full:
+        with session_scope(settings) as session:
+            listing.delete_embeddings(session, catalogue_id, model_version_id)
+    embed_missing(settings, catalogue_id, model_version_id, embedder, router, report, progress,
+                  batch_size=max(settings.batch_size * 4, 32), show_bar=show_bar)
+    with session_scope(settings) as session:
+        report.generation = services.bump_index_generation(session, catalogue_id, model_version_id)
+    log.info("catalogue %d indexed: %s", catalogue_id, report.summary())
+    return report
+
+
+def vectors_for(settings: Settings, catalogue_id: int, model_version_id: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with session_scope(settings) as session:
+        return services.load_vectors(session, catalogue_id, model_version_id)

@@ -1,0 +1,1 @@
+"""FIR's Celery workers: the app factory, the per-process model holder and the tasks."""

@@ -1,0 +1,246 @@
+"""Celery tasks. Arguments are job ids; the job row holds the parameters.
+
+Every task is safe to run twice: a job that is no longer queued (already running
+elsewhere, finished or cancelled) is skipped; results are upserted by job id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
+
+from shared.config import Settings
+from shared.db import services
+from shared.db.session import dispose_after_fork, session_scope
+from shared.errors import BadImage, FirError, InvalidTransition, NotFound
+from shared.imaging import load_image
+from shared.indexing import index_catalogue
+from worker.celery_app import app
+from worker.factory import TASK_HOUSEKEEPING, TASK_INDEX, TASK_NIGHTLY_REINDEX, TASK_QUERY, queue_of
+from worker.holder import get_holder
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+
+
+def settings() -> Settings:
+    return app.conf.fir_settings
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """Models load once per worker process, after the fork (CUDA does not survive one)."""
+    dispose_after_fork()
+    try:
+        get_holder(settings()).version()
+    except FirError as exc:  # no active model yet: loaded on the first task instead
+        log.warning("worker start: %s", exc.message)
+
+
+@signals.worker_ready.connect
+def _ready(sender: Any = None, **_: Any) -> None:
+    """The worker's main process records a heartbeat in the database every few seconds
+    (``/readyz`` reads it; it works with every broker, the filesystem one included)."""
+    from shared.db import heartbeat
+
+    name = getattr(sender, "hostname", None) or "worker"
+    queues = sorted(q.name for q in app.amqp.queues.consume_from.values()) if app.amqp.queues.consume_from else []
+    heartbeat.start_thread(settings(), name, ",".join(queues))
+
+
+def _claim(job_id: int) -> bool:
+    """queued -> running; False when another delivery already took it or it is finished."""
+    try:
+        with session_scope(settings(), immediate=True) as session:
+            job = services.get_job(session, job_id)
+            if job.status != "queued":
+                log.info("job %d is %s: skipped", job_id, job.status)
+                return False
+            services.transition_job(session, job_id, "running")
+            return True
+    except (InvalidTransition, NotFound) as exc:
+        log.info("job %d not claimed: %s", job_id, exc)
+        return False
+
+
+def _finish(job_id: int, status: str, **kwargs: Any) -> None:
+    try:
+        with session_scope(settings(), immediate=True) as session:
+            services.transition_job(session, job_id, status, **kwargs)
+    except InvalidTransition as exc:  # cancelled meanwhile: the cancel wins
+        log.info("job %d: %s", job_id, exc)
+
+
+def _fail(job_id: int, exc: BaseException) -> None:
+    code = exc.code if isinstance(exc, FirError) else "internal_error"
+    message = exc.message if isinstance(exc, FirError) else f"{type(exc).__name__}: {exc}"
+    _finish(job_id, "failed", error_code=code, error_message=message[:2000])
+
+
+# -- queries -------------------------------------------------------------------------------
+def _waiting_queries(job_id: int, limit: int) -> list[int]:
+    """This job and other query jobs waiting in the queue, oldest first (micro-batching)."""
+    with session_scope(settings()) as session:
+        waiting = services.list_jobs(session, status="queued", job_type="query", limit=limit * 4)
+    others = sorted(j.id for j in waiting if j.id != job_id)[: max(limit - 1, 0)]
+    return [job_id, *others]
+
+
+@app.task(name=TASK_QUERY, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def run_query(self: Any, job_id: int) -> dict[str, Any]:
+    s = settings()
+    claimed = [j for j in _waiting_queries(job_id, s.query_batch_max) if _claim(j)]
+    if not claimed:
+        return {"skipped": job_id}
+    try:
+        answer_queries(claimed)
+    except SoftTimeLimitExceeded:
+        for j in claimed:
+            _finish(j, "failed", error_code="time_limit", error_message="the query ran past its time limit")
+        raise
+    return {"answered": claimed}
+
+
+def answer_queries(job_ids: list[int]) -> None:
+    """Embed the waiting queries together, then route and search each one."""
+    s = settings()
+    holder = get_holder(s)
+    with session_scope(s) as session:
+        jobs = {j: services.get_job(session, j) for j in job_ids}
+    by_catalogue: dict[int, list[int]] = defaultdict(list)
+    for j, job in jobs.items():
+        by_catalogue[int((job.params or {})["catalogue_id"])].append(j)
+    for catalogue_id, ids in by_catalogue.items():
+        t0 = time.perf_counter()
+        try:
+            snap = holder.snapshot(catalogue_id)
+        except Exception as exc:  # noqa: BLE001 - every job of the group gets the error
+            for j in ids:
+                _fail(j, exc)
+            continue
+        engine = snap.engine
+        vectors: dict[int, np.ndarray] = {}
+        images = []
+        image_jobs = []
+        for j in ids:
+            params = jobs[j].params or {}
+            try:
+                if params.get("item_id") is not None:
+                    vectors[j] = _item_vector(snap, int(params["item_id"]))
+                else:
+                    images.append(load_image(Path(params["upload"]), max_pixels=s.max_image_pixels))
+                    image_jobs.append(j)
+            except (BadImage, FirError) as exc:
+                _fail(j, exc)
+        if images:
+            embedded = engine.embedder.embed_images(images, batch_size=max(len(images), 1))
+            vectors.update({j: embedded[n] for n, j in enumerate(image_jobs)})
+        embed_ms = (time.perf_counter() - t0) * 1000
+        for j, vec in vectors.items():
+            params = jobs[j].params or {}
+            try:
+                category = params.get("category")
+                answer = engine.query_vectors(
+                    vec[None, :], k=int(params.get("k", 10)), metric=params.get("metric", "cosine"),
+                    routing=params.get("routing", "svm-fallback"),
+                    categories=[category] if category else None,
+                    threshold=float(params.get("threshold") or s.fallback_threshold),
+                )[0]
+                with session_scope(s, immediate=True) as session:
+                    if services.get_job(session, j).status != "running":
+                        continue  # cancelled while it ran
+                    services.write_query_results(
+                        session, j,
+                        item_ids=[int(snap.item_ids[m.index]) for m in answer.matches],
+                        scores=[m.score for m in answer.matches],
+                        model_version_id=snap.version.version_id, catalogue_id=catalogue_id,
+                        metric=params.get("metric", "cosine"), k=int(params.get("k", 10)),
+                        routed_categories=answer.route or [], probabilities=answer.probabilities,
+                        routing=params.get("routing"),
+                        elapsed_ms=embed_ms / max(len(ids), 1) + sum(answer.timings_ms.values()),
+                    )
+                    services.transition_job(session, j, "succeeded")
+            except InvalidTransition:
+                continue
+            except FirError as exc:
+                _fail(j, exc)
+
+
+def _item_vector(snap: Any, item_id: int) -> np.ndarray:
+    rows = np.flatnonzero(snap.item_ids == item_id)
+    if len(rows) == 0:
+        raise NotFound(f"item {item_id} is not indexed in catalogue {snap.catalogue_id} for the active model")
+    return np.asarray(snap.engine.catalogue.vectors[rows[0]])
+
+
+# -- indexing ------------------------------------------------------------------------------
+@app.task(name=TASK_INDEX, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def run_index(self: Any, job_id: int) -> dict[str, Any]:
+    s = settings()
+    if not _claim(job_id):
+        return {"skipped": job_id}
+    with session_scope(s) as session:
+        job = services.get_job(session, job_id)
+    params = job.params or {}
+    try:
+        version = get_holder(s).version()
+
+        def progress(done: int, total: int) -> None:
+            with session_scope(s) as session:
+                services.update_job_progress(session, job_id, done, total)
+
+        report = index_catalogue(s, int(params["catalogue_id"]), version.version_id, version.embedder,
+                                 version.router, full=bool(params.get("full")), progress=progress)
+    except TRANSIENT:
+        with session_scope(s) as session:
+            services.transition_job(session, job_id, "queued")  # redelivered by the retry
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
+        log.exception("index job %d failed", job_id)
+        _fail(job_id, exc)
+        return {"failed": job_id}
+    _finish(job_id, "succeeded", result=report.as_dict())
+    return {"indexed": job_id}
+
+
+@app.task(name=TASK_NIGHTLY_REINDEX)
+def nightly_reindex() -> list[int]:
+    """Create an incremental re-index job for every catalogue with a source (idempotent per day)."""
+    s = settings()
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    created = []
+    with session_scope(s) as session:
+        catalogues = [c for c in services.list_catalogues(session) if c.source_path]
+    for cat in catalogues:
+        with session_scope(s) as session:
+            job, new = services.create_job(session, "reindex", params={"catalogue_id": cat.id, "full": False},
+                                           catalogue_id=cat.id, idempotency_key=f"nightly-{day}-{cat.id}")
+        if new:
+            res = app.send_task(TASK_INDEX, args=[job.id], queue=queue_of(TASK_INDEX))
+            with session_scope(s) as session:
+                services.set_job_task_id(session, job.id, res.id)
+            created.append(job.id)
+    return created
+
+
+@app.task(name=TASK_HOUSEKEEPING)
+def housekeeping() -> dict[str, int]:
+    """Expire old query results; fail jobs stuck running past their time limit."""
+    from shared.db import housekeeping as hk
+
+    s = settings()
+    now = datetime.now(UTC)
+    with session_scope(s) as session:
+        expired = hk.expire_query_results(session, now - timedelta(days=s.result_ttl_days))
+        stuck = hk.fail_stuck_jobs(session, now - timedelta(seconds=s.task_hard_time_limit + 60))
+    return {"expired_results": expired, "failed_stuck_jobs": stuck}
