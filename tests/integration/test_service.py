@@ -34,6 +34,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def compose_commands(port: int) -> dict[str, list[str]]:
+    """The compose file's commands for the FIR services, runnable on this host."""
+    import yaml
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    out = {}
+    for name in ("worker-gpu", "worker-cpu", "beat", "api"):
+        cmd = [str(x) for x in services[name]["command"]]
+        cmd[0] = str(BIN / cmd[0])
+        out[name] = [c.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for c in cmd]
+    return out
+
+
 def _redis_or_skip() -> None:
     import redis
 
@@ -141,17 +157,23 @@ def service(postgres_database_factory: Callable[[], str], trained: Any,
     catalogue_id = prepare(settings, trained, catalogue_dir)
     env = _env(settings)
     port = _free_port()
-    logs = [home / "worker.log", home / "api.log"]
-    worker = _start([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1",
-                     "--loglevel", "INFO", "-n", "test-worker@%h"], env, logs[0])
-    api = _start([str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "api.wsgi:app"], env, logs[1])
+    # The same processes docker-compose.yml runs, from its own commands, against the local
+    # Redis and PostgreSQL: the gpu worker, the cpu worker, beat and the API.
+    commands = compose_commands(port)
+    logs = [home / f"{name}.log" for name in commands]
+    procs = [_start(cmd, env, log) for cmd, log in zip(commands.values(), logs, strict=True)]
     base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        resp = requests.get(f"{base}/readyz", timeout=5)
+        return resp.status_code == 200 and len(resp.json()["checks"]["workers"]) == 2
+
     try:
-        wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, 120, "readiness", logs)
+        wait_for(ready, 120, "readiness with both workers", logs)
         yield Service(base, settings, catalogue_id, catalogue_dir, logs)
     finally:
-        _stop(api)
-        _stop(worker)
+        for proc in procs:
+            _stop(proc)
 
 
 def _query(base: str, image: bytes, **fields: Any) -> requests.Response:
@@ -242,3 +264,28 @@ def test_embedded_default_over_http(trained: Any, tmp_path: Path) -> None:
         _stop(proc, signal.SIGINT)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert "stopped" in log.read_text()
+
+
+def test_compose_file_is_valid_and_complete() -> None:
+    import yaml
+
+    spec = yaml.safe_load(COMPOSE.read_text())
+    services = spec["services"]
+    assert set(services) == {"redis", "postgres", "migrate", "api", "worker-gpu", "worker-cpu", "beat"}
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert any(v.startswith("pg-data:") for v in services["postgres"]["volumes"])
+    gpu = services["worker-gpu"]
+    assert gpu["command"][gpu["command"].index("-Q") + 1] == "gpu" and gpu["command"][gpu["command"].index("-c") + 1] == "1"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert [n for n, svc in services.items() if "beat" in svc.get("command", [])] == ["beat"]
+    for name in ("redis", "postgres", "api"):
+        assert "healthcheck" in services[name]
+    for name in ("api", "worker-gpu", "worker-cpu", "beat"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    client = shutil.which("docker-compose")
+    if client is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("docker-compose is needed on CI to validate the compose file")
+        pytest.skip("docker-compose is not installed: the file's structure was checked, not the client's parse")
+    result = subprocess.run([client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
