@@ -85,7 +85,7 @@ def main() -> None:
     results: dict[tuple[str, int], float] = {}
     for b in batches:
         x = torch.randn(b, 3, args.size, args.size)
-        for name, m, prec, cl in modes:  # warm-up
+        for _name, m, prec, cl in modes:  # warm-up
             run_mode(m, x, prec, cl)
         # interleave: several rounds over all modes, so machine noise hits every mode alike
         counts = {name: 0 for name, *_ in modes}
@@ -102,7 +102,7 @@ def main() -> None:
             results[(name, b)] = counts[name] / spent[name]
 
     head = "| mode | " + " | ".join(f"batch {b} (img/s)" for b in batches) + \
-        " | vs fp32 (batch %d) | min cosine to fp32 | mean cosine | same top-10 |" % batches[-1]
+        f" | vs fp32 (batch {batches[-1]}) | min cosine to fp32 | mean cosine | same top-10 |"
     print(head)
     print("|" + "---|" * (len(batches) + 5))
     for name, *_ in modes:

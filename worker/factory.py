@@ -46,6 +46,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, object]]:
         "data_folder_out": str(queue_dir),
         "processed_folder": str(processed),
         "store_processed": False,
+        "polling_interval": 0.02,  # seconds between looks at the queue folder (default 1 s)
     }
 
 

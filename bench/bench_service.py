@@ -1,0 +1,193 @@
+"""End-to-end query latency through the running service, beside the bare model forward time.
+
+    python -m bench.bench_service [--backend embedded|redis-postgres|both] [--queries 20] [--burst 200]
+
+For each backend it sets up a fresh FIR home (a ResNet50 with random weights at 224 px, its
+router, a generated catalogue indexed), starts a real worker and the API (gunicorn), then:
+- single queries one after another: submit -> poll until succeeded, p50 / p95;
+- a burst of N queries submitted at once: time until all have succeeded, with micro-batching
+  (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
+The bare forward time is one warm 224 px image through the same model in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench._common import machine_header
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([str(BIN / "fir"), *args], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def setup_home(home: Path, env: dict[str, str]) -> Path:
+    from shared.data.synthetic import generate_catalogue
+
+    cat = generate_catalogue(home / "catalogue", size=224, per_category={"train": 20, "val": 4, "test": 4})
+    sh("db", "upgrade", env=env)
+    sh("train", "--dataset", str(cat), "--weights", "none", "--epochs", "0", "--image-size", "224", env=env)
+    sh("extract", "--dataset", str(cat), "--splits", "train,val", env=env)
+    sh("train-router", "--cv", "2", env=env)
+    sh("models", "activate", env=env)
+    sh("index", str(cat), "--name", "bench", env=env)
+    return cat
+
+
+def start(env: dict[str, str], port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    cmds = [
+        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h"],
+        [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "api.wsgi:app"],
+    ]
+    procs = []
+    for i, cmd in enumerate(cmds):
+        out = open(log_dir / f"proc{i}.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_ready(base: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("service did not become ready")
+
+
+def one_query(base: str, image: bytes) -> float:
+    t0 = time.perf_counter()
+    r = requests.post(f"{base}/api/v1/queries", data={"catalogue": "bench", "k": "10"},
+                      files={"file": ("q.jpg", image, "image/jpeg")}, timeout=60)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        status = requests.get(f"{base}/api/v1/jobs/{job_id}", timeout=60).json()["status"]
+        if status in ("succeeded", "failed", "cancelled"):
+            if status != "succeeded":
+                raise RuntimeError(f"job {job_id} {status}")
+            return (time.perf_counter() - t0) * 1000
+        time.sleep(0.005)
+
+
+def burst(base: str, image: bytes, n: int) -> float:
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: one_query(base, image), range(n)))
+    return time.perf_counter() - t0
+
+
+def bare_forward_ms(home: Path) -> float:
+    from shared.imaging import load_image
+    from shared.pipeline import embedder_for
+    from shared.vision.modelfile import load_model
+
+    model = load_model(next((home / "models").glob("*.pt")))
+    emb = embedder_for(model, "cpu", "fp32")
+    img = load_image(next((home / "catalogue" / "test" / "dress").glob("*.jpg")))
+    for _ in range(3):
+        emb.embed_images([img])
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        emb.embed_images([img])
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
+    import socket
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FIR_")}
+        env.update(FIR_HOME=str(home), FIR_LOADER_WORKERS="0", FIR_WORKER_HEARTBEAT_S="2")
+        if name == "redis-postgres":
+            from sqlalchemy import create_engine, text
+
+            db = f"fir_bench_{os.getpid()}"
+            admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+                c.execute(text(f'CREATE DATABASE "{db}"'))
+            env.update(FIR_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
+                       FIR_BROKER_URL="redis://127.0.0.1:6379/12")
+            import redis
+
+            redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
+        cat = setup_home(home, env)
+        image = next((cat / "test" / "shirt").glob("*.jpg")).read_bytes()
+        forward = bare_forward_ms(home)
+        for batch_max in (16, 1):
+            env["FIR_QUERY_BATCH_MAX"] = str(batch_max)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            base = f"http://127.0.0.1:{port}"
+            procs = start(env, port, home)
+            try:
+                wait_ready(base)
+                for _ in range(3):
+                    one_query(base, image)  # warm-up: model loaded, index in memory
+                lat = sorted(one_query(base, image) for _ in range(queries))
+                p50 = statistics.median(lat)
+                p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+                total = burst(base, image, burst_n)
+            finally:
+                stop(procs)
+            rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
+                        f"| {total:.1f} | {burst_n / total:.1f} |")
+        if name == "redis-postgres":
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="both", choices=["embedded", "redis-postgres", "both"])
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--burst", type=int, default=200)
+    args = ap.parse_args()
+    print(machine_header("End-to-end query latency (HTTP submit -> result ready)"))
+    print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
+          f"| {args.burst} at once (s) | queries/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
+    for b in backends:
+        for row in run_backend(b, args.queries, args.burst):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
