@@ -545,6 +545,63 @@ def index_cmd(c: Ctx, catalogue_dir: Path, name: str | None, full: bool) -> None
         click.echo(f"  bad: {key}: {reason}")
 
 
+@main.group("vectors")
+def vectors_group() -> None:
+    """Export or import a catalogue's vectors as a portable file (.npz)."""
+
+
+@vectors_group.command("export")
+@click.argument("catalogue")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--model-version", type=int, default=None, help="Default: the active one.")
+@pass_ctx
+@handle_errors
+def vectors_export(c: Ctx, catalogue: str, out: Path, model_version: int | None) -> None:
+    """Write CATALOGUE's vectors (by name) with item keys, categories and the model id."""
+    from shared.db import services
+    from shared.errors import NotFound
+    from shared.vision.features import FeatureSet
+
+    ensure_db(c)
+    with db_session(c) as session:
+        cat = services.get_catalogue_by_name(session, catalogue)
+        mv = (services.get_model_version(session, model_version) if model_version is not None
+              else services.get_active_model_version(session))
+        if mv is None:
+            raise NotFound("no active model version; name one with --model-version")
+        ids, vectors, categories = services.load_vectors(session, cat.id, mv.id)
+        infos = services.get_items(session, ids.tolist())
+    feats = FeatureSet(vectors=vectors, keys=[infos[int(i)].external_key for i in ids], categories=list(categories),
+                       splits=[""] * len(ids), paths=[infos[int(i)].location or "" for i in ids],
+                       model_id=str(mv.model_id), backbone=mv.backbone)
+    feats.save(out)
+    click.echo(f"{len(feats)} vectors of catalogue {cat.name} (model {mv.model_id}) written to {out}")
+
+
+@vectors_group.command("import")
+@click.argument("catalogue")
+@click.argument("file", type=click.Path(path_type=Path))
+@pass_ctx
+@handle_errors
+def vectors_import(c: Ctx, catalogue: str, file: Path) -> None:
+    """Load vectors from FILE into CATALOGUE, matching items by key; the file's model must be
+    registered (`fir models list`). Workers pick them up (the index generation is bumped)."""
+    from shared.db import listing, services
+    from shared.vision.features import FeatureSet
+
+    feats = FeatureSet.load(file)
+    ensure_db(c)
+    with db_session(c) as session:
+        cat = services.get_catalogue_by_name(session, catalogue)
+        mv = services.get_model_version_by_model_id(session, feats.model_id)
+        by_key = {i.external_key: i.id for i in listing.list_items(session, cat.id, limit=10_000_000)}
+        rows = [n for n, key in enumerate(feats.keys) if key in by_key]
+        services.write_embeddings(session, mv.id, [by_key[feats.keys[n]] for n in rows], feats.vectors[rows])
+        generation = services.bump_index_generation(session, cat.id, mv.id)
+    click.echo(f"{len(rows)} of {len(feats)} vectors imported into {cat.name} for model version {mv.id} "
+               f"({len(feats) - len(rows)} keys not in the catalogue); index generation {generation}")
+
+
 @main.command("status")
 @pass_ctx
 @handle_errors

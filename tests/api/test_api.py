@@ -172,3 +172,30 @@ def test_openapi_documents_every_route(api: ApiEnv) -> None:
         ) and not rule.rule.startswith("/api/v1/docs"):
             documented = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
             assert documented in paths or rule.rule == "/api/v1/openapi.json", rule.rule
+
+
+def test_vectors_export_import_round_trip(api: ApiEnv, tmp_path: Path) -> None:
+    import numpy as np
+    from click.testing import CliRunner
+
+    from shared.cli import main
+    from shared.db import services
+    from shared.db.session import session_scope
+    from shared.vision.features import FeatureSet
+
+    env = {"FIR_DATABASE_URL": api.settings.resolved_database_url()}
+    home = str(api.settings.resolved_home())
+    runner = CliRunner(env=env)
+    res = runner.invoke(main, ["--home", home, "vectors", "export", "demo", "--out", str(tmp_path / "v.npz")])
+    assert res.exit_code == 0, res.output
+    feats = FeatureSet.load(tmp_path / "v.npz")
+    assert len(feats) >= 72 and feats.model_id == api.trained.model_id
+    with session_scope(api.settings) as session:
+        before = services.load_vectors(session, api.catalogue_id, api.version_id)[1]
+    res = runner.invoke(main, ["--home", home, "vectors", "import", "demo", str(tmp_path / "v.npz")])
+    assert res.exit_code == 0 and f"{len(feats)} of {len(feats)} vectors imported" in res.output
+    with session_scope(api.settings) as session:
+        after = services.load_vectors(session, api.catalogue_id, api.version_id)[1]
+    np.testing.assert_array_equal(before, after)
+    res = runner.invoke(main, ["--home", home, "vectors", "export", "no-such", "--out", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2 and "not found" in res.output
