@@ -1,0 +1,115 @@
+"""The worker's tasks run in-process against the API's database: micro-batched queries,
+redelivery, the nightly re-index and housekeeping."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import update
+
+from shared.db import services
+from shared.db.models import Job, QueryResult
+from shared.db.session import session_scope
+from tests.api.conftest import ApiEnv
+
+
+@pytest.fixture()
+def tasks(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from worker import holder, tasks
+    from worker.celery_app import app
+
+    previous = app.conf.fir_settings
+    app.conf.fir_settings = api.settings
+    sent: list[tuple[str, list[int]]] = []
+
+    class _Result:
+        id = "recorded"
+
+    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((name, args)) or _Result())
+    holder.reset_holder()
+    tasks.sent = sent  # type: ignore[attr-defined]
+    yield tasks
+    app.conf.fir_settings = previous
+    holder.reset_holder()
+
+
+def _submit(api: ApiEnv, colour: tuple[int, int, int], **extra: str) -> int:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buf, "JPEG")
+    buf.seek(0)
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "k": "4", **extra, "file": (buf, "q.jpg")})
+    assert resp.status_code == 202, resp.get_json()
+    return int(resp.get_json()["job_id"])
+
+
+def test_waiting_queries_are_answered_together(api: ApiEnv, tasks: Any) -> None:
+    ids = [_submit(api, (40 * i, 90, 200 - 40 * i)) for i in range(3)]
+    out = tasks.run_query.run(ids[0])
+    assert sorted(out["answered"]) == sorted(ids)  # one task, one embedding batch, three answers
+    for job_id in ids:
+        job = api.client.get(f"/api/v1/jobs/{job_id}").get_json()
+        assert job["status"] == "succeeded" and len(job["results"]) == 4
+        assert job["model_version"]["id"] == api.version_id
+    # the other deliveries find their jobs finished and do nothing (safe to run twice)
+    assert tasks.run_query.run(ids[1]) == {"skipped": ids[1]}
+
+
+def test_bad_upload_vanished_fails_only_its_job(api: ApiEnv, tasks: Any) -> None:
+    good, bad = _submit(api, (10, 10, 10)), _submit(api, (200, 0, 0))
+    with session_scope(api.settings) as session:
+        params = services.get_job(session, bad).params or {}
+    import os
+
+    os.remove(params["upload"])  # the stored query image is gone
+    tasks.run_query.run(good)
+    assert api.client.get(f"/api/v1/jobs/{good}").get_json()["status"] == "succeeded"
+    job = api.client.get(f"/api/v1/jobs/{bad}").get_json()
+    assert job["status"] == "failed" and job["error"]["code"] == "bad_image"
+
+
+def test_cancelled_query_is_not_answered(api: ApiEnv, tasks: Any) -> None:
+    job_id = _submit(api, (0, 200, 0))
+    assert api.client.delete(f"/api/v1/jobs/{job_id}").status_code == 200
+    assert tasks.run_query.run(job_id) == {"skipped": job_id}
+    assert api.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+
+
+def test_index_task_records_progress_and_report(api: ApiEnv, tasks: Any) -> None:
+    resp = api.client.post(f"/api/v1/catalogues/{api.catalogue_id}/reindex", json={})
+    job_id = resp.get_json()["job_id"]
+    tasks.run_index.run(job_id)
+    job = api.client.get(f"/api/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded", job
+    assert job["result"]["embedded"] == 0 and job["result"]["unchanged"] >= 72  # nothing changed on disk
+    assert job["progress"]["done"] == job["progress"]["total"]
+
+
+def test_nightly_reindex_is_idempotent_per_day(api: ApiEnv, tasks: Any) -> None:
+    first = tasks.nightly_reindex.run()
+    assert len(first) >= 1 and all(name == "fir.index" for name, _ in tasks.sent)
+    assert tasks.nightly_reindex.run() == []  # the same day: no second job
+    job = api.client.get(f"/api/v1/jobs/{first[0]}").get_json()
+    assert job["type"] == "reindex" and job["status"] == "queued"
+
+
+def test_housekeeping_expires_results_and_fails_stuck_jobs(api: ApiEnv, tasks: Any) -> None:
+    done = _submit(api, (5, 5, 5))
+    tasks.run_query.run(done)
+    stuck = _submit(api, (6, 6, 6))
+    old = datetime.now(UTC) - timedelta(days=30)
+    with session_scope(api.settings) as session:
+        services.transition_job(session, stuck, "running")
+        session.execute(update(Job).where(Job.id == stuck).values(started_at=old))
+        session.execute(update(QueryResult).where(QueryResult.job_id == done).values(created_at=old))
+    out = tasks.housekeeping.run()
+    assert out["expired_results"] >= 1 and out["failed_stuck_jobs"] >= 1
+    job = api.client.get(f"/api/v1/jobs/{stuck}").get_json()
+    assert job["status"] == "failed" and job["error"]["code"] == "stuck"
+    assert "results" not in api.client.get(f"/api/v1/jobs/{done}").get_json() or \
+        api.client.get(f"/api/v1/jobs/{done}").get_json()["results"] is None
