@@ -39,12 +39,14 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, object]]:
     folder = settings.resolved_home() / "broker"
     queue_dir = folder / "queue"
     processed = folder / "processed"
-    for d in (queue_dir, processed):
+    control = folder / "control"
+    for d in (queue_dir, processed, control):
         d.mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(processed),
+        "control_folder": str(control),  # kombu's default is ./control in the working directory
         "store_processed": False,
         "polling_interval": 0.02,  # seconds between looks at the queue folder (default 1 s)
     }
