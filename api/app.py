@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     from api.routes import catalogues, health, jobs, queries
 
     errors.register(app)
+    from api import auth
+
+    auth.init_app(app)  # API keys: before every other request hook
     app.register_blueprint(health.bp)
     app.register_blueprint(catalogues.bp)
     app.register_blueprint(queries.bp)

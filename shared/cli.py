@@ -443,6 +443,62 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@main.group("keys")
+def keys_group() -> None:
+    """API keys: scoped to a catalogue (read, write, admin) or global (admin)."""
+
+
+@keys_group.command("create")
+@click.option("--catalogue", default=None, help="Catalogue id or name (omit for a global admin key).")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--name", default="", help="A note saying whose key this is.")
+@pass_ctx
+@handle_errors
+def keys_create(c: Ctx, catalogue: str | None, scope: str, name: str) -> None:
+    """Create a key and print its token once (only its sha256 is stored)."""
+    from shared.db import apikeys
+
+    ensure_db(c)
+    with db_session(c) as session:
+        catalogue_id = None
+        if catalogue is not None:
+            from shared.db import services
+
+            found = (services.get_catalogue(session, int(catalogue)) if catalogue.isdigit()
+                     else services.get_catalogue_by_name(session, catalogue))
+            catalogue_id = int(found.id)
+        key_id, token = apikeys.create_key(session, scope, catalogue_id, name)
+    where = f"catalogue {catalogue_id}" if catalogue_id is not None else "every catalogue"
+    click.echo(f"key {key_id}: {scope} on {where}. The token is shown only now; keep it safe:", err=True)
+    click.echo(token)
+
+
+@keys_group.command("list")
+@pass_ctx
+@handle_errors
+def keys_list(c: Ctx) -> None:
+    """The keys (id, prefix, scope, catalogue, revoked); never the tokens."""
+    from shared.db import apikeys
+
+    with db_session(c) as session:
+        for k in apikeys.list_keys(session):
+            click.echo(f"{k.id}\t{k.prefix}...\t{k.scope}\t{k.catalogue_id if k.catalogue_id else 'global'}\t"
+                       f"{'revoked' if k.revoked_at else 'active'}\t{k.name}")
+
+
+@keys_group.command("revoke")
+@click.argument("key_id", type=int)
+@pass_ctx
+@handle_errors
+def keys_revoke(c: Ctx, key_id: int) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from shared.db import apikeys
+
+    with db_session(c) as session:
+        apikeys.revoke(session, key_id)
+    click.echo(f"key {key_id} revoked")
+
+
 @main.group("models")
 def models_group() -> None:
     """Model versions: list, register, activate, roll back."""
@@ -673,8 +729,11 @@ def up_cmd(c: Ctx, catalogue: Path | None, host: str | None, port: int | None, w
     sup = Supervisor(s, log_dir=c.store.root / "logs")
     sup.start()
     url = f"http://{s.api_host}:{s.api_port}"
-    if s.api_host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {s.api_host}: anyone who reaches this address can use FIR", err=True)
+    if s.keys_required():
+        click.echo("API keys are required (create one with `fir keys create --catalogue NAME --scope read`)")
+    else:
+        click.echo(f"API keys are NOT required: FIR_REQUIRE_KEYS={s.require_keys}, bound to {s.api_host}"
+                   + ("" if s.api_host in ("127.0.0.1", "localhost", "::1") else " (anyone who reaches it can use FIR)"))
     click.echo(f"FIR is starting at {url}  (API docs: {url}/api/v1/docs; logs in {c.store.root / 'logs'})")
     click.echo("Ctrl-C stops every process.")
     try:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
@@ -55,6 +57,8 @@ class Settings(BaseSettings):
     # Service
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API keys: auto = required unless the API is bound to 127.0.0.1 / localhost / ::1
+    require_keys: Literal["auto", "true", "false"] = "auto"
     nightly_reindex_at: str = "02:00"  # UTC, HH:MM
     housekeeping_every_s: float = 3600.0
     result_ttl_days: float = 7.0
@@ -65,6 +69,12 @@ class Settings(BaseSettings):
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
+
+    def keys_required(self) -> bool:
+        """Whether the API demands a key (``require_keys``; auto: unless bound to loopback)."""
+        if self.require_keys != "auto":
+            return self.require_keys == "true"
+        return self.api_host.strip("[]") not in LOOPBACK_HOSTS
 
     def resolved_database_url(self) -> str:
         if self.database_url:

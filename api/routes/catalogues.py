@@ -14,6 +14,7 @@ from flask import request, send_file
 from werkzeug.datastructures import FileStorage
 
 from api.app import enqueue, fir_settings
+from api.auth import can_read
 from api.routes.common import db, iso, item_out, job_url
 from api.schemas import (
     CatalogueIn,
@@ -111,7 +112,8 @@ def create_catalogue(json_data: dict[str, Any]) -> dict[str, Any]:
 @bp.output(CatalogueList)
 def list_catalogues() -> dict[str, Any]:
     with db() as session:
-        return {"catalogues": [catalogue_out(session, c, detail=True) for c in services.list_catalogues(session)]}
+        return {"catalogues": [catalogue_out(session, c, detail=True) for c in services.list_catalogues(session)
+                               if can_read(c.id)]}
 
 
 @bp.get("/catalogues/<int:catalogue_id>")

@@ -400,3 +400,30 @@ class WorkerHeartbeat(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------
+# Access control
+
+API_KEY_SCOPES = ("read", "write", "admin")
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its token is stored (the token is shown once).
+    ``catalogue_id`` NULL is a global key (admin scope only)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint(_in("scope", API_KEY_SCOPES), name="scope"),
+        CheckConstraint("catalogue_id IS NOT NULL OR scope = 'admin'", name="global_admin_only"),
+        Index("ix_api_keys_catalogue_id", "catalogue_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the token's first characters, to recognise it
+    catalogue_id: Mapped[int | None] = mapped_column(ForeignKey("catalogues.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
