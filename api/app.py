@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     from api import auth
 
     auth.init_app(app)  # API keys: before every other request hook
+    from api import guards
+
+    guards.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(catalogues.bp)
     app.register_blueprint(queries.bp)

@@ -179,8 +179,9 @@ def add_items(catalogue_id: int, form: dict[str, Any]) -> tuple[dict[str, Any], 
             raise InvalidInput(f"metadata is not valid JSON: {exc}") from exc
         if not isinstance(meta, dict):
             raise InvalidInput("metadata must be a JSON object")
+    key = check_key(form["key"]) if form.get("key") else None  # refused before anything is written
     path, sha = _store_upload(catalogue_id, data, fmt)
-    key = check_key(form["key"]) if form.get("key") else f"upload/{sha[:16]}"
+    key = key or f"upload/{sha[:16]}"
     meta = {**meta, "origin": "upload", "filename": file.filename or ""}
     with db() as session:
         result = services.upsert_items(session, catalogue_id, [ScannedItem(
