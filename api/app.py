@@ -40,8 +40,8 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.extensions["fir_settings"] = settings
     app.extensions["fir_enqueue"] = enqueue or celery_enqueuer(settings)
 
-    from api import errors
-    from api.routes import catalogues, health, jobs, queries
+    from api import errors, observability, openapi
+    from api.routes import catalogues, health, jobs, metrics, queries, ui
 
     errors.register(app)
     from api import auth
@@ -50,10 +50,15 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     from api import guards
 
     guards.init_app(app)
+    openapi.register(app)
+    observability.init_app(app)
+    app.config.update(ui.DOCS_CONFIG)  # the docs page's JS/CSS are served locally, not from a CDN
     app.register_blueprint(health.bp)
     app.register_blueprint(catalogues.bp)
     app.register_blueprint(queries.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(ui.bp)
     return app
 
 

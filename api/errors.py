@@ -7,7 +7,7 @@ from typing import Any
 
 from apiflask import APIFlask, HTTPError
 from flask import jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import FirError
@@ -56,6 +56,12 @@ def register(app: APIFlask) -> None:
         log.warning("database unavailable: %s", exc)
         body, status = error_body("database_unavailable", "the database is not reachable; retry shortly", 503)
         return body, status, {"Retry-After": "5"}
+
+    @app.errorhandler(OverflowError)
+    @app.errorhandler(DataError)
+    def _out_of_range(exc: Exception) -> tuple[Any, int]:
+        # A number the database cannot hold (SQLite: OverflowError; PostgreSQL: DataError).
+        return error_body("invalid_input", "a number in the request is out of range", 400)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Any, int]:

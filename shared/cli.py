@@ -83,9 +83,11 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.pass_context
 def main(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     """FIR: fashion image retrieval. Visual search and de-duplication for catalogues."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.logging_setup import configure_logging
+
     settings = Settings() if home is None else Settings(home=home)
+    # People at a terminal read text; the service's processes (`fir up`) log JSON lines.
+    configure_logging("text", logging.INFO if verbose else logging.WARNING, process_name="fir")
     ctx.obj = Ctx(settings)
 
 

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     query_batch_max: int = 16  # queries waiting together are embedded together
     worker_heartbeat_s: float = 10.0
 
+    # Observability (operators): logs, metrics
+    log_format: Literal["json", "text"] = "json"  # service processes; `fir` at a terminal logs text
+    log_level: str = "INFO"
+    # The worker's own Prometheus endpoint (its main process serves every pool process's
+    # metrics, prometheus_client's multiprocess mode); 0 turns it off.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,9 @@ def process_commands(settings: Settings, queues: str = "gpu,cpu", api_workers: i
         "worker": [_bin("celery"), "-A", "worker.celery_app", "worker", "-Q", queues, "-c", str(concurrency),
                    "--loglevel", "INFO", "-n", f"fir-worker-{os.getpid()}@%h"],
         "beat": [_bin("celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO"],
+        # No gunicorn access log: the app writes one JSON line per request, with its request id.
         "api": [_bin("gunicorn"), "-w", str(api_workers), "-b", f"{settings.api_host}:{settings.api_port}",
-                "--timeout", "120", "--access-logfile", "-", "api.wsgi:app"],
+                "--timeout", "120", "api.wsgi:app"],
     }
 
 
@@ -45,6 +47,18 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def api_metrics_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The API's environment with prometheus_client's multiprocess mode on, so that
+    ``/metrics`` sums every gunicorn worker's counts: a fresh folder per start (unless the
+    environment names one already)."""
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        return env
+    folder = settings.resolved_home() / "metrics" / "api"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {**env, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
 @dataclass
 class Supervisor:
     settings: Settings
@@ -56,11 +70,12 @@ class Supervisor:
         commands = process_commands(self.settings)
         env = service_env(self.settings)
         for name in self.names:
+            proc_env = api_metrics_env(self.settings, env) if name == "api" else env
             out = None
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-            self.procs[name] = subprocess.Popen(commands[name], env=env, stdout=out, stderr=subprocess.STDOUT
+            self.procs[name] = subprocess.Popen(commands[name], env=proc_env, stdout=out, stderr=subprocess.STDOUT
                                                 if out else None, start_new_session=True)
 
     def alive(self) -> dict[str, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worker import observability  # noqa: F401 - connects the logging and metrics signals
 from worker.factory import make_celery
 
 app = make_celery()

@@ -27,6 +27,7 @@ from shared.indexing import index_catalogue
 from worker.celery_app import app
 from worker.factory import TASK_HOUSEKEEPING, TASK_INDEX, TASK_NIGHTLY_REINDEX, TASK_QUERY, queue_of
 from worker.holder import get_holder
+from worker.observability import EmbeddingMeter, record_embedding
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,9 @@ def answer_queries(job_ids: list[int]) -> None:
             except (BadImage, FirError) as exc:
                 _fail(j, exc)
         if images:
+            t_embed = time.perf_counter()
             embedded = engine.embedder.embed_images(images, batch_size=max(len(images), 1))
+            record_embedding("query", len(images), time.perf_counter() - t_embed)
             vectors.update({j: embedded[n] for n, j in enumerate(image_jobs)})
         embed_ms = (time.perf_counter() - t0) * 1000
         for j, vec in vectors.items():
@@ -194,8 +197,10 @@ def run_index(self: Any, job_id: int) -> dict[str, Any]:
     params = job.params or {}
     try:
         version = get_holder(s).version()
+        meter = EmbeddingMeter("index")
 
         def progress(done: int, total: int) -> None:
+            meter.update(done)
             with session_scope(s) as session:
                 services.update_job_progress(session, job_id, done, total)
 

@@ -38,6 +38,8 @@ from shared.indexing import scan_samples
 from worker.factory import TASK_INDEX
 
 bp = APIBlueprint("catalogues", __name__, url_prefix="/api/v1", tag="Catalogues")
+IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the image bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
 KEY_RE = re.compile(r"^[\w][\w .,@+=/-]*$")
@@ -275,7 +277,7 @@ def get_item(item_id: int) -> dict[str, Any]:
 
 
 @bp.get("/items/<int:item_id>/image")
-@bp.doc(responses={200: "the image bytes"})
+@bp.doc(responses=IMAGE_RESPONSE)
 def item_image(item_id: int) -> Any:
     """The item's image bytes."""
     with db() as session:

@@ -21,9 +21,14 @@ def healthz() -> dict[str, Any]:
     return {"status": "ok", "checks": {}}
 
 
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "not ready: the same body, saying which check failed",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}
+
+
 @bp.get("/readyz")
 @bp.output(Health)
-@bp.doc(responses={503: "not ready"})
+@bp.doc(responses=NOT_READY)
 def readyz() -> tuple[dict[str, Any], int]:
     """Database and broker reachable, and a worker seen recently."""
     from shared.db import heartbeat

@@ -34,6 +34,7 @@ from shared.errors import EmptyDataset, InvalidInput, UnknownCategory
 from shared.evaluation.metrics import (
     average_precision_at_k_batch,
     precision_at_k_batch,
+    precision_recall_at_cutoffs,
     relevance_from_indices,
 )
 from shared.search.index import METRICS, Metric, ShardedIndex
@@ -57,6 +58,7 @@ STUDY_FIGURES: dict[str, float] = {
 
 PER_CATEGORY_K = 10  # per-category precision is reported at this cut-off
 EXAMPLE_RESULTS = 8  # results shown per example query
+PR_POINTS = 24  # cut-offs of the precision-recall curve, spaced geometrically from 1 to the search depth
 SVM_MODES = ("svm", "svm-fallback")
 # Queries per search batch: keeps the [batch, shard] score matrices of the index to about
 # 2**24 entries (a few hundred MB with argpartition's int64 copy).
@@ -109,6 +111,8 @@ class EvalReport:
     per_category: dict[str, dict[str, float]]  # mode -> category -> mean precision@10
     examples: list[EvalExample]
     notes: list[str] = field(default_factory=list)
+    # mode -> [{"k", "precision", "recall"}]: mean precision and recall at cut-offs 1..search depth
+    pr_curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def row(self, mode: str, k: int) -> EvalRow:
         for r in self.rows:
@@ -123,6 +127,7 @@ class EvalReport:
             "per_category": {m: dict(v) for m, v in self.per_category.items()},
             "examples": [asdict(e) for e in self.examples],
             "notes": list(self.notes),
+            "pr_curve": {m: [dict(p) for p in v] for m, v in self.pr_curve.items()},
         }
 
 
@@ -224,6 +229,7 @@ def evaluate_retrieval(
     k_search = min(max(ks_sorted[-1], PER_CATEGORY_K, EXAMPLE_RESULTS), index.size)
     batch = int(max(1, min(1024, _BATCH_CELLS // max(index.size, 1))))
     sample = _latency_sample(n_q, latency_sample)
+    cutoffs = [int(c) for c in np.unique(np.round(np.geomspace(1, max(k_search, 1), PR_POINTS)).astype(int))]
 
     # Router: probabilities for every query, once, timed as a batch and one query at a time.
     proba: npt.NDArray[np.float64] | None = None
@@ -248,11 +254,13 @@ def evaluate_retrieval(
 
     rows: list[EvalRow] = []
     per_category: dict[str, dict[str, float]] = {}
+    pr_curve: dict[str, list[dict[str, float]]] = {}
     for mode in run_modes:
         ap = np.zeros((len(ks_sorted), n_q))
         prec = np.zeros((len(ks_sorted), n_q))
         returned = np.zeros((len(ks_sorted), n_q))
         p_cat = np.zeros(n_q)
+        pr_sum = np.zeros((2, len(cutoffs)))
         t0 = time.perf_counter()
         routes = plan_routes(mode, n_q, labels=labels, probabilities=proba, given=q_cats,
                              threshold=threshold, known=cats)
@@ -269,6 +277,9 @@ def evaluate_retrieval(
                 returned[j, sl] = valid[:, :k].sum(axis=1)
             p_cat[sl] = precision_at_k_batch(rel[:, :PER_CATEGORY_K], PER_CATEGORY_K,
                                              valid[:, :PER_CATEGORY_K])
+            p_at, r_at = precision_recall_at_cutoffs(rel, valid, n_relevant[sl], cutoffs)
+            pr_sum[0] += p_at.sum(axis=0)
+            pr_sum[1] += r_at.sum(axis=0)
             if mode == example_mode:
                 for qi in example_ids:
                     if sl.start <= qi < sl.stop:
@@ -276,6 +287,8 @@ def evaluate_retrieval(
                                                              res.indices[qi - sl.start],
                                                              res.scores[qi - sl.start], q_cats[qi])
         ms_batched = elapsed * 1000.0 / n_q
+        pr_curve[mode] = [{"k": k, "precision": float(p / n_q), "recall": float(r / n_q)}
+                          for k, p, r in zip(cutoffs, pr_sum[0], pr_sum[1], strict=True)]
 
         acc: float | None = None
         cover: float | None = None
@@ -345,7 +358,7 @@ def evaluate_retrieval(
         "study": dict(STUDY_FIGURES),
     }
     return EvalReport(rows=rows, meta=meta, per_category=per_category,
-                      examples=[e for e in examples if e is not None], notes=notes)
+                      examples=[e for e in examples if e is not None], notes=notes, pr_curve=pr_curve)
 
 
 def _single_query_ms(

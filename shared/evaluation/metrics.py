@@ -21,6 +21,8 @@ position among the valid entries of its row. Pure numpy, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -160,3 +162,38 @@ def relevance_from_indices(
         return np.zeros(idx.shape, dtype=bool), valid
     labels = items[np.where(valid, idx, 0)]
     return (labels == queries[:, None]) & valid, valid
+
+
+def precision_recall_at_cutoffs(
+    relevance: npt.ArrayLike,
+    valid: npt.ArrayLike | None,
+    n_relevant: npt.ArrayLike,
+    cutoffs: Sequence[int],
+) -> tuple[FloatArray, FloatArray]:
+    """Per-query precision and recall at each cut-off: ``([m, c], [m, c])``.
+
+    Precision at k divides the hits within the first k valid results by the results returned
+    (as :func:`precision_at_k_batch`); recall divides them by ``n_relevant`` (the relevant
+    items in the whole gallery, one count per query; 0 gives recall 0)."""
+    rel, ok = _as_batch(relevance, valid)
+    ks = [_check_k(int(k)) for k in cutoffs]
+    n_rel = np.asarray(n_relevant, dtype=np.float64).reshape(-1)
+    if n_rel.shape != (rel.shape[0],):
+        raise InvalidInput(f"one n_relevant per query is required, got {n_rel.shape} for {rel.shape[0]} rows")
+    ranks = np.cumsum(ok, axis=1)
+    hits_cum = np.cumsum(rel, axis=1)
+    m, c = rel.shape[0], len(ks)
+    precision = np.zeros((m, c), dtype=np.float64)
+    recall = np.zeros((m, c), dtype=np.float64)
+    if rel.shape[1] == 0 or m == 0:
+        return precision, recall
+    karr = np.asarray(ks)
+    for i in range(m):
+        last = np.searchsorted(ranks[i], karr, side="right") - 1  # last column within each k
+        got = last >= 0
+        returned = np.where(got, ranks[i][np.maximum(last, 0)], 0)
+        hits = np.where(got, hits_cum[i][np.maximum(last, 0)], 0)
+        np.divide(hits, returned, out=precision[i], where=returned > 0)
+        if n_rel[i] > 0:
+            recall[i] = hits / n_rel[i]
+    return precision, recall
