@@ -21,6 +21,11 @@ from shared.imaging import DEFAULT_MAX_PIXELS, load_image
 from shared.vision.backbone import FeatureNet
 from shared.vision.preprocess import make_transform, resize_size
 
+# torch raises torch.OutOfMemoryError (torch.cuda.OutOfMemoryError before 2.5); the CPU allocator
+# raises MemoryError or a RuntimeError that says so.
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
 log = logging.getLogger(__name__)
 
 
@@ -112,8 +117,23 @@ class Embedder:
     def describe(self) -> str:
         return f"{self.backbone} on {self.device} ({self.precision}{', channels_last' if self.channels_last else ''})"
 
-    @torch.inference_mode()
     def embed_tensor(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Features of a batch; a batch too big for memory is split in halves and retried
+        (down to one image, which re-raises), never crash-looped."""
+        try:
+            return self._embed_once(batch)
+        except OUT_OF_MEMORY as exc:
+            if batch.shape[0] <= 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = batch.shape[0] // 2
+            log.warning("out of memory embedding %d images (%s): splitting into %d + %d",
+                        batch.shape[0], type(exc).__name__, half, batch.shape[0] - half)
+            return np.concatenate([self.embed_tensor(batch[:half]), self.embed_tensor(batch[half:])])
+
+    @torch.inference_mode()
+    def _embed_once(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
         x = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
