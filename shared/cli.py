@@ -501,6 +501,33 @@ def keys_revoke(c: Ctx, key_id: int) -> None:
     click.echo(f"key {key_id} revoked")
 
 
+@main.command("backup")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--no-db", is_flag=True, help="Only the artifact store (PostgreSQL: use pg_dump for the database).")
+@pass_ctx
+@handle_errors
+def backup_cmd(c: Ctx, out: Path, no_db: bool) -> None:
+    """Back up the SQLite database (VACUUM INTO, safe while FIR runs) and FIR_HOME into OUT (.tar.gz)."""
+    from shared.backup import backup_home
+
+    click.echo(f"backup written to {backup_home(c.settings, out, include_db=not no_db)}")
+
+
+@main.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask; FIR's processes must be stopped.")
+@pass_ctx
+@handle_errors
+def restore_cmd(c: Ctx, archive: Path, yes: bool) -> None:
+    """Restore a `fir backup` archive over FIR_HOME (stop `fir up` first)."""
+    from shared.backup import restore_home
+
+    if not yes:
+        click.confirm(f"replace the database and files under {c.settings.resolved_home()}?", abort=True)
+    restore_home(c.settings, archive)
+    click.echo(f"restored {archive} into {c.settings.resolved_home()}")
+
+
 @main.group("models")
 def models_group() -> None:
     """Model versions: list, register, activate, roll back."""
