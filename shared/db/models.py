@@ -346,6 +346,13 @@ class DedupGroup(Base):
     # sha256 over the sorted "item_id:sha256" of the members: decisions follow it across runs.
     fingerprint: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    # No group with this fingerprint was in the previous run of the same scope.
+    new_since_previous: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=text("true")
+    )
+    # A reviewer had marked this very group (same members, same content) not a duplicate
+    # before the run: it is kept for the record but hidden from review by default.
+    dismissed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class DedupMember(Base):
