@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     result_ttl_days: float = 7.0
     task_soft_time_limit: int = 3300
     task_hard_time_limit: int = 3600
+    # Redis broker: an unacknowledged task (its worker died) is redelivered after this many
+    # seconds; default: the hard time limit + 60 s (never while a live worker still runs it).
+    broker_visibility_timeout: int | None = None
     query_batch_max: int = 16  # queries waiting together are embedded together
     worker_heartbeat_s: float = 10.0
 

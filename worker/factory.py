@@ -35,7 +35,12 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, object]]:
     """The broker URL and transport options; the default is kombu's filesystem transport
     under FIR's home (no server to run)."""
     if settings.broker_url and not settings.broker_url.startswith("filesystem"):
-        return settings.broker_url, {"visibility_timeout": settings.task_hard_time_limit + 60}
+        timeout = settings.broker_visibility_timeout or settings.task_hard_time_limit + 60
+        # unacked tasks of a dead worker are looked for every few seconds (kombu's default scan
+        # runs about every 100 s), so redelivery follows the visibility timeout closely
+        return settings.broker_url, {"visibility_timeout": timeout,
+                                     "unacked_restore_interval": max(1, min(10, timeout // 2)),
+                                     "unacked_restore_throttle": 1}
     folder = settings.resolved_home() / "broker"
     queue_dir = folder / "queue"
     processed = folder / "processed"

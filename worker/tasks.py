@@ -59,11 +59,37 @@ def _ready(sender: Any = None, **_: Any) -> None:
     heartbeat.start_thread(settings(), name, ",".join(queues))
 
 
-def _claim(job_id: int) -> bool:
-    """queued -> running; False when another delivery already took it or it is finished."""
+QUERY_STALE_S = 120.0  # a running query untouched this long was lost with its worker
+
+
+def _delivery(task: Any) -> tuple[str | None, bool]:
+    """(this delivery's task id, whether the broker redelivered it after a worker was lost)."""
+    request = getattr(task, "request", None)
+    info = getattr(request, "delivery_info", None) or {}
+    return getattr(request, "id", None), bool(info.get("redelivered"))
+
+
+def _claim(job_id: int, task_id: str | None = None, redelivered: bool = False,
+           stale_after_s: float | None = None) -> bool:
+    """queued -> running; False when another delivery already took it or it is finished.
+
+    A *running* job is taken over (running -> queued -> running) when this delivery is the
+    job's own message redelivered after its worker was lost (acks_late + reject on worker
+    loss), or when the job has not been touched for ``stale_after_s``: skipping it would lose
+    an accepted job."""
     try:
         with session_scope(settings(), immediate=True) as session:
             job = services.get_job(session, job_id)
+            if job.status == "running":
+                own = task_id is not None and job.task_id == task_id
+                age = (datetime.now(UTC) - job.updated_at).total_seconds() if job.updated_at else 0.0
+                stale = stale_after_s is not None and age > stale_after_s
+                if (own and redelivered) or stale:
+                    log.warning("job %d: taken over after its worker was lost (redelivered=%s, idle %.0f s)",
+                                job_id, redelivered, age)
+                    services.transition_job(session, job_id, "queued")
+                    services.transition_job(session, job_id, "running")
+                    return True
             if job.status != "queued":
                 log.info("job %d is %s: skipped", job_id, job.status)
                 return False
@@ -72,6 +98,11 @@ def _claim(job_id: int) -> bool:
     except (InvalidTransition, NotFound) as exc:
         log.info("job %d not claimed: %s", job_id, exc)
         return False
+
+
+def _running_elsewhere(job_id: int) -> bool:
+    with session_scope(settings()) as session:
+        return services.get_job(session, job_id).status == "running"
 
 
 def _finish(job_id: int, status: str, **kwargs: Any) -> None:
@@ -100,8 +131,14 @@ def _waiting_queries(job_id: int, limit: int) -> list[int]:
 @app.task(name=TASK_QUERY, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_query(self: Any, job_id: int) -> dict[str, Any]:
     s = settings()
-    claimed = [j for j in _waiting_queries(job_id, s.query_batch_max) if _claim(j)]
+    task_id, redelivered = _delivery(self)
+    own = _claim(job_id, task_id, redelivered, stale_after_s=QUERY_STALE_S)
+    claimed = ([job_id] if own else []) + [j for j in _waiting_queries(job_id, s.query_batch_max)[1:] if _claim(j)]
     if not claimed:
+        if _running_elsewhere(job_id) and task_id is not None:
+            # another worker's batch took this job: look again later, and take it over if that
+            # worker died (stale), so the job is never lost
+            raise self.retry(countdown=QUERY_STALE_S / 2, max_retries=4)
         return {"skipped": job_id}
     try:
         answer_queries(claimed)
@@ -190,7 +227,8 @@ def _item_vector(snap: Any, item_id: int) -> np.ndarray:
 @app.task(name=TASK_INDEX, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_index(self: Any, job_id: int) -> dict[str, Any]:
     s = settings()
-    if not _claim(job_id):
+    task_id, redelivered = _delivery(self)
+    if not _claim(job_id, task_id, redelivered, stale_after_s=s.task_hard_time_limit + 60):
         return {"skipped": job_id}
     with session_scope(s) as session:
         job = services.get_job(session, job_id)
