@@ -57,3 +57,71 @@ def test_single_category_router() -> None:
     router = Router.fit(x, ["dress"] * 5, model_id="m", backbone="resnet50")
     cats, probs = router.route(x)
     assert cats == ["dress"] * 5 and probs.shape == (5, 1)
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "kernel", "gamma"),
+    [(3, "rbf", "auto"), (2, "rbf", "scale"), (4, "rbf", "scale"), (3, "linear", "auto"),
+     (3, "poly", "scale"), (5, "sigmoid", "auto")],
+)
+def test_fast_predictor_equals_sklearn(n_classes: int, kernel: str, gamma: str) -> None:
+    """The matrix-product decision function (ovo sums, ovr transform, Platt calibrators) gives
+    sklearn's probabilities: float64 to rounding, the float32 default within 1e-6, and the
+    same argmax everywhere."""
+    from shared.vision.router import FastCalibratedSVC
+
+    rng = np.random.default_rng(n_classes)
+    d = 24
+    centres = rng.normal(0, 1.0, size=(n_classes, d))
+    x = np.concatenate([c + rng.normal(0, 1, size=(60, d)) for c in centres]).astype(np.float32)
+    y = [f"c{i}" for i in range(n_classes) for _ in range(60)]
+    grid = [{"svc__kernel": [kernel], "svc__C": [1.0], "svc__gamma": [gamma]}]
+    router = Router.fit(x, y, model_id="m", backbone="resnet50", grid=grid, cv=2)
+    assert router.pipeline is not None
+    queries = rng.normal(0, 1.5, size=(400, d)).astype(np.float32)
+    ref = router.pipeline.predict_proba(queries)
+    exact = FastCalibratedSVC(router.pipeline).predict_proba(queries)
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-9)
+    for predictor in ("fast", "exact"):
+        router.predictor = predictor  # type: ignore[assignment]
+        proba = router.predict_proba(queries)
+        np.testing.assert_allclose(proba, ref, rtol=0, atol=1e-6)
+        assert np.array_equal(proba.argmax(1), ref.argmax(1))
+        one = router.predict_proba(queries[0])  # a single query takes the same path
+        np.testing.assert_allclose(one, ref[:1], rtol=0, atol=1e-6)
+    router.predictor = "sklearn"
+    np.testing.assert_array_equal(router.predict_proba(queries), ref)
+
+
+def test_fast_predictor_recomputes_near_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query whose two best categories are within RECHECK_MARGIN gets sklearn's answer."""
+    import shared.vision.router as router_mod
+
+    x, y = _clusters()
+    router = Router.fit(x, y, model_id="m1", backbone="resnet50", cv=0)
+    assert router.pipeline is not None
+    calls: list[int] = []
+    original = router.pipeline.predict_proba
+
+    def spy(q: np.ndarray) -> np.ndarray:
+        calls.append(len(q))
+        return original(q)
+
+    monkeypatch.setattr(router.pipeline, "predict_proba", spy)
+    monkeypatch.setattr(router_mod, "RECHECK_MARGIN", 2.0)  # every query counts as a near-tie
+    router.predict_proba(x[:7])
+    assert calls == [7]
+    monkeypatch.setattr(router_mod, "RECHECK_MARGIN", 0.0)
+    router.predict_proba(x[:7])
+    assert calls == [7]
+
+
+def test_router_without_fast_shape_uses_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _clusters()
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    router = Router(labels=sorted(set(y)), model_id="m", backbone="resnet50", pipeline=pipe)
+    np.testing.assert_allclose(router.predict_proba(x[:5]), pipe.predict_proba(x[:5]))
