@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     query_batch_max: int = 16  # queries waiting together are embedded together
     worker_heartbeat_s: float = 10.0
 
+    # Search index (shared/search): HNSW graphs (faiss, the ``ann`` extra) for large shards.
+    # ``auto``: a graph for each category shard of at least ``search_ann_threshold`` vectors,
+    # exact scans below; ``exact``: never; ``hnsw``: every shard. See bench/RESULTS.md.
+    search_ann: Literal["auto", "exact", "hnsw"] = "auto"
+    search_ann_threshold: int = 20_000
+    search_hnsw_m: int = 32
+    search_ef_construction: int = 80
+    search_ef_search: int = 128
+    search_ann_storage: Literal["fp32", "fp16"] = "fp32"  # fp16: half the memory
+
     # Observability (operators): logs, metrics
     log_format: Literal["json", "text"] = "json"  # service processes; `fir` at a terminal logs text
     log_level: str = "INFO"

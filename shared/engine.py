@@ -16,6 +16,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.errors import InvalidInput
+from shared.search.ann import IndexOptions
 from shared.search.index import METRICS, Metric, ShardedIndex
 from shared.search.routing import check_mode, plan_routes
 from shared.vision.embed import Embedder
@@ -55,7 +56,8 @@ def check_query_params(k: int, metric: str, routing: str) -> None:
 
 class RetrievalEngine:
     def __init__(self, model: LoadedModel, catalogue: FeatureSet, router: Router | None,
-                 device: str = "auto", precision: str = "auto", embedder: Embedder | None = None) -> None:
+                 device: str = "auto", precision: str = "auto", embedder: Embedder | None = None,
+                 index_options: IndexOptions | None = None) -> None:
         catalogue.check_model(model.model_id)
         if router is not None:
             router.check_model(model.model_id)
@@ -64,6 +66,7 @@ class RetrievalEngine:
         self.router = router
         self.embedder = embedder or Embedder(model.net, model.meta.backbone, model.meta.image_size,
                                              device=device, precision=precision)
+        self.index_options = index_options or IndexOptions()
         self._indexes: dict[str, ShardedIndex] = {}
 
     @classmethod
@@ -84,7 +87,8 @@ class RetrievalEngine:
 
     def index(self, metric: Metric) -> ShardedIndex:
         if metric not in self._indexes:
-            self._indexes[metric] = ShardedIndex(self.catalogue.vectors, self.catalogue.categories, metric)
+            self._indexes[metric] = ShardedIndex(self.catalogue.vectors, self.catalogue.categories, metric,
+                                                 options=self.index_options)
         return self._indexes[metric]
 
     def query_vectors(

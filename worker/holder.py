@@ -22,6 +22,7 @@ from shared.db import services
 from shared.db.session import session_scope
 from shared.engine import RetrievalEngine
 from shared.errors import FirError, NotFound
+from shared.search.ann import IndexOptions
 from shared.vision.embed import Embedder
 from shared.vision.features import FeatureSet
 from shared.vision.modelfile import LoadedModel, load_model
@@ -104,7 +105,8 @@ class ModelHolder:
             model_id=version.model.model_id,
             backbone=version.model.meta.backbone,
         )
-        engine = RetrievalEngine(version.model, feats, version.router, embedder=version.embedder)
+        engine = RetrievalEngine(version.model, feats, version.router, embedder=version.embedder,
+                                 index_options=IndexOptions.from_settings(self.settings))
         snap = Snapshot(version, catalogue_id, generation, engine, ids)
         with self._lock:
             self._catalogues[catalogue_id] = snap

@@ -1,28 +1,53 @@
-"""Exact top-k search over per-category shards.
+"""Top-k search over per-category shards: exact scans, and HNSW graphs for large shards.
 
-The catalogue's vectors are held once per category as contiguous float32 matrices, so a
-query routed to a category scans only that shard. Cosine scores are similarities (higher is
-better, vectors L2-normalised at build time); euclidean scores are distances (lower is
-better). Queries that share a route are answered together with one matrix product per
-shard; there is no Python loop over items.
+The catalogue's vectors are held once, sorted by category, so each category's shard is a
+contiguous slice and a query routed to a category scans only that shard. Cosine scores are
+similarities (higher is better, vectors L2-normalised at build time); euclidean scores are
+distances (lower is better). Queries that share a route are answered together with one
+matrix product per shard; there is no Python loop over items.
+
+Large shards (``IndexOptions.ann``: ``auto`` from ``ann_threshold`` vectors, or ``hnsw``)
+get an HNSW graph (:mod:`shared.search.ann`, faiss): a query then visits a few thousand
+vectors instead of all of them. The graph's index holds the shard's only copy of the
+vectors; the exact scan (k above ``max_ann_k``, or ``exact=True``) reads the same memory.
+Without faiss installed every shard stays exact (one logged warning). A search over the
+whole catalogue (no route) merges the shards' top-k.
+
+A few queries at a time run their matrix products on one BLAS thread
+(:func:`shared.threads.single_thread_blas`): a matrix-vector product is memory-bound, and a
+second OpenBLAS thread on a busy 2-core machine made it many times slower, not faster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from shared.errors import InvalidInput, UnknownCategory
+from shared.search.ann import AnnMode, HnswShard, IndexOptions, load_faiss
+from shared.threads import single_thread_blas
 
 Metric = Literal["cosine", "euclidean"]
 METRICS: tuple[Metric, ...] = ("cosine", "euclidean")
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+log = logging.getLogger(__name__)
+
+# Up to this many queries at a time, matrix products run on one BLAS thread (module docstring).
+SINGLE_THREAD_QUERIES = 8
+# Scans smaller than this many floats skip the thread limit (OpenBLAS runs them on one thread anyway).
+_SMALL_SCAN = 1 << 18
+# Exact scans of float16-stored shards convert this many rows at a time to float32.
+_FP16_BLOCK = 16_384
 
 
 def l2_normalise(x: FloatArray) -> FloatArray:
@@ -47,14 +72,27 @@ class SearchResult:
 @dataclass
 class _Shard:
     rows: IntArray  # global row index of each vector in the shard
-    vectors: FloatArray  # [n_shard, d], normalised for cosine
+    vectors: npt.NDArray[Any]  # [n_shard, d] float32 (or float16 under an fp16 graph), normalised for cosine
     sq_norms: FloatArray  # [n_shard] squared norms (euclidean)
+    ann: HnswShard | None = None
 
 
 class ShardedIndex:
-    """An exact index over ``vectors`` split into one shard per category."""
+    """An index over ``vectors`` split into one shard per category.
 
-    def __init__(self, vectors: FloatArray, categories: Sequence[str], metric: Metric = "cosine") -> None:
+    ``ann`` / ``ann_threshold`` override the fields of ``options`` (default
+    :class:`IndexOptions`: ``auto``, graphs for shards of 20,000 vectors or more).
+    """
+
+    def __init__(
+        self,
+        vectors: FloatArray,
+        categories: Sequence[str],
+        metric: Metric = "cosine",
+        ann: AnnMode | None = None,
+        ann_threshold: int | None = None,
+        options: IndexOptions | None = None,
+    ) -> None:
         if metric not in METRICS:
             raise InvalidInput(f"unknown metric {metric!r} (expected one of {', '.join(METRICS)})")
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -62,28 +100,77 @@ class ShardedIndex:
             raise InvalidInput(f"vectors must be a 2-d array, got shape {vectors.shape}")
         if len(categories) != vectors.shape[0]:
             raise InvalidInput("one category per vector is required")
+        opts = options or IndexOptions()
+        if ann is not None:
+            opts = replace(opts, ann=ann)
+        if ann_threshold is not None:
+            opts = replace(opts, ann_threshold=ann_threshold)
+        self.options = opts
         self.metric: Metric = metric
         self.dim = int(vectors.shape[1])
         self.size = int(vectors.shape[0])
         self.categories = np.asarray([str(c) for c in categories], dtype=object)
-        base = l2_normalise(vectors) if metric == "cosine" else np.ascontiguousarray(vectors)
-        self._all = _Shard(
-            rows=np.arange(self.size, dtype=np.int64),
-            vectors=base,
-            sq_norms=np.einsum("ij,ij->i", base, base).astype(np.float32),
-        )
+        self.build_seconds = 0.0
+        t0 = time.perf_counter()
+        # one copy, sorted by category: every shard is a contiguous slice of it
+        cat_str = self.categories.astype(str)
+        order = np.argsort(cat_str, kind="stable").astype(np.int64)
+        uniq, starts = np.unique(cat_str[order], return_index=True)
+        names = [str(c) for c in uniq]
+        bounds = [*starts.tolist(), self.size]
+        base = vectors[order]
+        if metric == "cosine":
+            base = l2_normalise(base)
+        base = np.ascontiguousarray(base, dtype=np.float32)
+        sq_norms = np.einsum("ij,ij->i", base, base).astype(np.float32)
+        faiss = None
+        if any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
+            faiss = load_faiss()
         self._shards: dict[str, _Shard] = {}
-        for cat in sorted({str(c) for c in self.categories}):
-            rows = np.flatnonzero(self.categories == cat).astype(np.int64)
-            sub = np.ascontiguousarray(base[rows])
-            self._shards[cat] = _Shard(rows=rows, vectors=sub, sq_norms=self._all.sq_norms[rows])
+        for i, cat in enumerate(names):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            shard = _Shard(rows=order[lo:hi], vectors=base[lo:hi], sq_norms=sq_norms[lo:hi])
+            if faiss is not None and opts.wants_ann(hi - lo):
+                shard.ann = HnswShard(shard.vectors, metric, opts, faiss)
+                shard.vectors = shard.ann.stored()  # the graph's copy; the slice of ``base`` goes
+            self._shards[cat] = shard
+        self._all: _Shard | None = None
+        if any(sh.ann is not None for sh in self._shards.values()):
+            # the shards own their vectors now: keep only the slices of exact shards
+            for sh in self._shards.values():
+                if sh.ann is None:
+                    sh.vectors = np.ascontiguousarray(sh.vectors).copy()
+                    sh.sq_norms = sh.sq_norms.copy()
+            del base
+        else:
+            self._all = _Shard(rows=order, vectors=base, sq_norms=sq_norms)
+        self.build_seconds = time.perf_counter() - t0
+        if faiss is not None:
+            log.info("index of %d x %d (%s): HNSW graphs for %s; built in %.1f s", self.size, self.dim, metric,
+                     ", ".join(f"{c} ({self.shard_size(c)})" for c in self.ann_shards), self.build_seconds)
 
     @property
     def shard_names(self) -> list[str]:
         return list(self._shards)
 
+    @property
+    def ann_shards(self) -> list[str]:
+        """The categories whose shard is searched through an HNSW graph."""
+        return [c for c, sh in self._shards.items() if sh.ann is not None]
+
     def shard_size(self, category: str) -> int:
         return len(self._shards[category].rows) if category in self._shards else 0
+
+    def nbytes(self) -> int:
+        """Memory held by the index's vectors, norms, row maps and graphs."""
+        total = 0
+        shards = list(self._shards.values())
+        if self._all is not None:  # exact: the shards are slices of ``_all``
+            shards = [self._all]
+        for sh in shards:
+            total += sh.rows.nbytes + sh.sq_norms.nbytes
+            total += sh.ann.nbytes() if sh.ann is not None else sh.vectors.nbytes
+        return total
 
     def _prepare(self, queries: FloatArray) -> FloatArray:
         q = np.asarray(queries, dtype=np.float32)
@@ -93,19 +180,38 @@ class ShardedIndex:
             raise InvalidInput(f"queries must have shape [m, {self.dim}], got {q.shape}")
         return l2_normalise(q) if self.metric == "cosine" else q
 
-    def _shard_topk(self, q: FloatArray, shard: _Shard, k: int) -> tuple[IntArray, FloatArray]:
+    def _scan(self, q: FloatArray, shard: _Shard) -> FloatArray:
+        """``q @ shard.vectors.T`` (one BLAS thread for a few queries; float16 in blocks)."""
+        v = shard.vectors
+        small = q.shape[0] <= SINGLE_THREAD_QUERIES and v.size >= _SMALL_SCAN  # tiny scans never thread
+        ctx = single_thread_blas() if small else contextlib.nullcontext()
+        with ctx:
+            if v.dtype == np.float32:
+                return np.asarray(q @ v.T, dtype=np.float32)
+            out = np.empty((q.shape[0], v.shape[0]), np.float32)
+            for lo in range(0, v.shape[0], _FP16_BLOCK):
+                out[:, lo : lo + _FP16_BLOCK] = q @ v[lo : lo + _FP16_BLOCK].astype(np.float32).T
+            return out
+
+    def _shard_topk(self, q: FloatArray, shard: _Shard, k: int, exact: bool = False,
+                    ef_search: int | None = None) -> tuple[IntArray, FloatArray]:
         """Top-k of one shard for all queries, sorted; ``-score`` convention for ranking."""
         n = len(shard.rows)
         kk = min(k, n)
         if kk == 0:
             m = q.shape[0]
             return np.empty((m, 0), np.int64), np.empty((m, 0), np.float32)
-        dots = q @ shard.vectors.T  # [m, n]
+        if shard.ann is not None and not exact and kk <= self.options.max_ann_k:
+            local, cost = shard.ann.search(q, kk, ef_search)
+            rows = np.where(local >= 0, shard.rows[np.maximum(local, 0)], -1)
+            return rows, cost
+        dots = self._scan(q, shard)  # [m, n]
         if self.metric == "cosine":
             cost = -dots  # smaller is better
         else:
             qn = np.einsum("ij,ij->i", q, q)[:, None]
-            cost = np.maximum(qn - 2.0 * dots + shard.sq_norms[None, :], 0.0)
+            sq = shard.sq_norms if shard.vectors.dtype == np.float32 else _sq_norms(shard.vectors)
+            cost = np.maximum(qn - 2.0 * dots + sq[None, :], 0.0)
         if kk < n:
             part = np.argpartition(cost, kk - 1, axis=1)[:, :kk]
         else:
@@ -120,9 +226,13 @@ class ShardedIndex:
         queries: FloatArray,
         k: int,
         routes: Sequence[Sequence[str] | None] | None = None,
+        exact: bool = False,
+        ef_search: int | None = None,
     ) -> SearchResult:
         """Top-k for each query. ``routes[i]`` lists the categories query ``i`` is matched
-        against (``None``: the whole catalogue). ``routes=None`` searches everything."""
+        against (``None``: the whole catalogue). ``routes=None`` searches everything.
+        ``exact=True`` scans every vector even where a shard has a graph (the ground truth
+        for recall); ``ef_search`` overrides the graphs' ``efSearch`` for this call."""
         if k <= 0:
             raise InvalidInput(f"k must be a positive integer, got {k}")
         q = self._prepare(queries)
@@ -142,7 +252,7 @@ class ShardedIndex:
         for key, members in groups.items():
             qi = np.asarray(members, dtype=np.int64)
             if key is None:
-                shards = [self._all]
+                shards = [self._all] if self._all is not None else list(self._shards.values())
             else:
                 unknown = [c for c in key if c not in self._shards]
                 if unknown:
@@ -150,7 +260,7 @@ class ShardedIndex:
                         f"unknown category {unknown[0]!r} (catalogue has: {', '.join(self._shards)})"
                     )
                 shards = [self._shards[c] for c in key]
-            parts = [self._shard_topk(q[qi], s, k) for s in shards]
+            parts = [self._shard_topk(q[qi], s, k, exact, ef_search) for s in shards]
             rows = np.concatenate([p[0] for p in parts], axis=1)
             cost = np.concatenate([p[1] for p in parts], axis=1)
             if len(parts) > 1:
@@ -158,7 +268,17 @@ class ShardedIndex:
                 rows = np.take_along_axis(rows, order, axis=1)
                 cost = np.take_along_axis(cost, order, axis=1)
             width = rows.shape[1]
-            indices[qi, :width] = rows
             final = -cost if self.metric == "cosine" else np.sqrt(cost)
+            final = np.where(rows >= 0, final, np.nan)  # a graph that found fewer than k
+            indices[qi, :width] = rows
             scores[qi, :width] = final
         return SearchResult(indices=indices, scores=scores)
+
+
+def _sq_norms(v: npt.NDArray[Any]) -> FloatArray:
+    out = np.empty(v.shape[0], np.float32)
+    for lo in range(0, v.shape[0], _FP16_BLOCK):
+        block = v[lo : lo + _FP16_BLOCK].astype(np.float32)
+        out[lo : lo + _FP16_BLOCK] = np.einsum("ij,ij->i", block, block)
+    return out
+

@@ -1,0 +1,157 @@
+"""Query matching at catalogue scale: exact scans against HNSW graphs (faiss) in ShardedIndex.
+
+Synthetic clustered vectors (cluster centres, a shared 32-d low-rank spread, isotropic noise;
+each cluster belongs to one of three categories), queries drawn fresh from the same
+distribution. Per size the index is built once with HNSW graphs (``ann="hnsw"``): the exact
+answers come from the same index (``exact=True`` scans the graph's own stored vectors, which
+is exactly what an ``ann="exact"`` index scans), so one copy of the data serves both.
+
+Reported per size and variant: single-query latency p50 / p90 (routed to the query's
+category, the study's setting, and unrouted), recall@10 against the exact answer, index
+memory (vectors + graph, from the index; and the process's RSS growth) and build time. The
+exact rows are timed with the BLAS limit FIR applies (one thread for a few queries) and,
+for comparison, with OpenBLAS's default (2 threads here).
+
+    python -m bench.bench_search [--plan 10000x2048,77000x2048,300000x2048,1000000x256]
+        [--queries 100] [--ef 64,128,256] [--fp16 10000x2048,77000x2048]
+
+Build time dominates (HNSW inserts are about 1 ms per 2048-d vector on a busy 2-core CPU):
+split a long plan over several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+import shared.search.index as index_mod
+from bench._common import machine_header
+from shared.search.ann import IndexOptions
+from shared.search.index import ShardedIndex
+
+CATS = ("dress", "shirt", "toptee")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def make_vectors(n: int, d: int, seed: int, chunk: int = 50_000) -> tuple[npt.NDArray[np.float32], list[str]]:
+    rng = np.random.default_rng(1234)  # the same clusters for the catalogue and its queries
+    n_clusters = max(30, n // 300)
+    centres = rng.normal(size=(n_clusters, d)).astype(np.float32)
+    basis = (rng.normal(size=(32, d)) * 0.5).astype(np.float32)
+    cluster_cat = np.arange(n_clusters) % len(CATS)
+    draw = np.random.default_rng(seed)
+    assign = draw.integers(0, n_clusters, n)
+    out = np.empty((n, d), np.float32)
+    for lo in range(0, n, chunk):
+        a = assign[lo : lo + chunk]
+        out[lo : lo + len(a)] = (centres[a] + draw.standard_normal((len(a), 32), dtype=np.float32) @ basis
+                                 + 0.6 * draw.standard_normal((len(a), d), dtype=np.float32))
+    return out, [CATS[c] for c in cluster_cat[assign]]
+
+
+def recall_at(got: npt.NDArray[np.int64], ref: npt.NDArray[np.int64]) -> float:
+    return float(np.mean([len(set(g.tolist()) & set(r.tolist())) / len(r) for g, r in zip(got, ref, strict=True)]))
+
+
+def time_single(index: ShardedIndex, queries: npt.NDArray[np.float32], routes: list[tuple[str]] | None,
+                k: int, n: int, exact: bool = False,
+                ef: int | None = None) -> tuple[float, float, npt.NDArray[np.int64]]:
+    """One query at a time: p50 and p90 ms, and the answers."""
+    def one(i: int) -> npt.NDArray[np.int64]:
+        return index.search(queries[i : i + 1], k, None if routes is None else routes[i : i + 1],
+                            exact=exact, ef_search=ef).indices
+
+    one(0)  # warm-up
+    times, rows = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        rows.append(one(i))
+        times.append(time.perf_counter() - t0)
+    t = np.asarray(times) * 1000
+    return float(np.median(t)), float(np.percentile(t, 90)), np.concatenate(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plan", default="10000x2048,77000x2048,300000x2048,1000000x256",
+                    help="comma-separated NxD catalogues")
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--exact-queries", type=int, default=30, help="single exact queries timed (slow at 1M)")
+    ap.add_argument("--ef", default="64,128,256", help="efSearch values measured")
+    ap.add_argument("--fp16", default="10000x2048,77000x2048", help="sizes that also get an fp16-stored graph")
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--k", type=int, default=10)
+    args = ap.parse_args()
+    print(machine_header("Query matching: exact scans and HNSW graphs per category shard"))
+    print(f"- load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"- HNSW M={args.m}, efConstruction={args.ef_construction}; k={args.k}; 3 category shards; "
+          f"{args.queries} single queries (exact: {args.exact_queries})\n", flush=True)
+    efs = [int(e) for e in args.ef.split(",")]
+    fp16_plan = set(args.fp16.split(",")) if args.fp16 else set()
+    k = args.k
+    rows: list[str] = []
+    for spec in args.plan.split(","):
+        n, d = (int(v) for v in spec.split("x"))
+        vectors, cats = make_vectors(n, d, seed=n)
+        queries, qcats = make_vectors(args.queries, d, seed=n + 1)
+        routes = [(c,) for c in qcats]
+        storages = ["fp32", "fp16"] if spec in fp16_plan else ["fp32"]
+        for storage in storages:
+            gc.collect()
+            rss0 = rss_mb()
+            opts = IndexOptions(ann="hnsw", hnsw_m=args.m, ef_construction=args.ef_construction, storage=storage)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            index = ShardedIndex(vectors, cats, "cosine", options=opts)
+            build = time.perf_counter() - t0
+            rss_grow = rss_mb() - rss0
+            mem_mb = index.nbytes() / 1e6
+            truth_routed = index.search(queries, k, routes, exact=True).indices
+            truth_all = index.search(queries, k, None, exact=True).indices
+            label = f"{n:,} x {d}"
+            if storage == "fp32":
+                eq = min(args.exact_queries, args.queries)
+                saved = index_mod.SINGLE_THREAD_QUERIES
+                for blas, limit in (("1 BLAS thread (FIR)", saved), ("BLAS default (2 threads)", 0)):
+                    index_mod.SINGLE_THREAD_QUERIES = limit
+                    try:
+                        p50, p90, _ = time_single(index, queries, routes, k, eq, exact=True)
+                        u50, _, _ = time_single(index, queries, None, k, eq, exact=True)
+                    finally:
+                        index_mod.SINGLE_THREAD_QUERIES = saved
+                    exact_mb = n * d * 4 / 1e6
+                    rows.append(f"| {label} | exact fp32, {blas} | - | {p50:.2f} | {p90:.2f} | 1.000 | {u50:.2f} | 1.000 "
+                                f"| {exact_mb:,.0f} | {exact_mb / n * 1e6 / 1e3:.2f} | - |")
+            for ef in efs:
+                p50, p90, got = time_single(index, queries, routes, k, args.queries, ef=ef)
+                u50, _, got_all = time_single(index, queries, None, k, args.queries, ef=ef)
+                r = recall_at(got, truth_routed)
+                ru = recall_at(got_all, truth_all)
+                rows.append(f"| {label} | HNSW {storage} | {ef} | {p50:.2f} | {p90:.2f} | {r:.3f} | {u50:.2f} | {ru:.3f} "
+                            f"| {mem_mb:,.0f} (RSS +{rss_grow:,.0f}) | {mem_mb / n * 1e6 / 1e3:.2f} | {build:.1f} |")
+            print(f"{label} {storage}: built in {build:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True)
+            index = None  # type: ignore[assignment]
+        del vectors
+        gc.collect()
+    print()
+    print("| catalogue | search | efSearch | routed p50 ms | routed p90 ms | routed recall@10 | unrouted p50 ms "
+          "| unrouted recall@10 | index memory MB | GB per million items | build s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}. Exact recall is 1 by definition; the exact memory is "
+          "the float32 vectors (the graph index stores the same vectors once, plus its graph). "
+          "Unrouted HNSW = the three shards' graphs searched and merged.")
+
+
+if __name__ == "__main__":
+    main()

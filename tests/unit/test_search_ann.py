@@ -1,0 +1,125 @@
+"""ShardedIndex with HNSW shards (faiss): the same answers as the exact index on small data,
+``auto`` choosing graphs by shard size, float16 storage, the exact fallback without faiss."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from shared.errors import InvalidInput
+from shared.search import ann as ann_mod
+from shared.search.ann import IndexOptions
+from shared.search.index import ShardedIndex
+
+pytest.importorskip("faiss")
+
+D = 24
+
+
+def clustered(n: int, seed: int = 0) -> tuple[npt.NDArray[np.float32], list[str], npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, D)) * 3
+    assign = rng.integers(0, 20, n)
+    vectors = (centres[assign] + rng.normal(size=(n, D))).astype(np.float32)
+    cats = [("dress", "shirt", "toptee")[a % 3] if a < 18 else "coat" for a in assign]
+    queries = (centres[rng.integers(0, 20, 30)] + rng.normal(size=(30, D))).astype(np.float32)
+    return vectors, cats, queries
+
+
+def recall(got: npt.NDArray[np.int64], ref: npt.NDArray[np.int64]) -> float:
+    hits = [len(set(g[g >= 0].tolist()) & set(r[r >= 0].tolist())) / max(1, (r >= 0).sum())
+            for g, r in zip(got, ref, strict=True)]
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("storage", ["fp32", "fp16"])
+def test_hnsw_matches_exact(metric: str, storage: str) -> None:
+    vectors, cats, queries = clustered(3000)
+    exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
+    graph = ShardedIndex(vectors, cats, metric, options=IndexOptions(ann="hnsw", storage=storage))  # type: ignore[arg-type]
+    assert exact.ann_shards == [] and sorted(graph.ann_shards) == ["coat", "dress", "shirt", "toptee"]
+    for routes in (None, [("dress",)] * 30, [("shirt", "toptee")] * 30):
+        ref = exact.search(queries, 10, routes)
+        got = graph.search(queries, 10, routes)
+        assert recall(got.indices, ref.indices) >= 0.99
+        same = got.indices == ref.indices
+        tol = 1e-4 if storage == "fp32" else 2e-2
+        np.testing.assert_allclose(got.scores[same], ref.scores[same], rtol=tol, atol=tol)
+        for row, route in zip(got.indices, routes or [None] * 30, strict=True):
+            if route is not None:
+                assert {cats[j] for j in row.tolist()} <= set(route)
+        step = np.diff(got.scores, axis=1)
+        assert np.all(step <= 1e-6) if metric == "cosine" else np.all(step >= -1e-6)
+        # exact=True reads the graph's stored vectors and gives the exact answer
+        forced = graph.search(queries, 10, routes, exact=True)
+        if storage == "fp32":
+            assert np.array_equal(forced.indices, ref.indices)
+        else:
+            assert recall(forced.indices, ref.indices) >= 0.99
+
+
+def test_auto_builds_graphs_only_for_large_shards() -> None:
+    vectors, cats, queries = clustered(3000)
+    index = ShardedIndex(vectors, cats, ann="auto", ann_threshold=600)
+    sizes = {c: index.shard_size(c) for c in index.shard_names}
+    assert index.ann_shards == [c for c in index.shard_names if sizes[c] >= 600]
+    assert "coat" not in index.ann_shards and index.ann_shards  # a small shard stays exact
+    exact = ShardedIndex(vectors, cats, ann="exact")
+    ref = exact.search(queries, 10)
+    assert recall(index.search(queries, 10).indices, ref.indices) >= 0.99
+    # default options: a small catalogue stays exact, with one copy of the vectors
+    small = ShardedIndex(vectors, cats)
+    assert small.ann_shards == []
+    assert small.nbytes() < vectors.nbytes * 1.2
+
+
+def test_large_k_and_small_shards_are_exact() -> None:
+    vectors, cats, queries = clustered(2000)
+    exact = ShardedIndex(vectors, cats, ann="exact")
+    graph = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", max_ann_k=50))
+    ref = exact.search(queries, 300)
+    got = graph.search(queries, 300)  # above max_ann_k: the exact scan of the stored vectors
+    assert np.array_equal(got.indices, ref.indices)
+    # k above a shard's size pads with -1 / nan, as the exact index does
+    n_coat = graph.shard_size("coat")
+    res = graph.search(queries[:2], n_coat + 5, [("coat",)] * 2)
+    assert np.all(res.indices[:, :n_coat] >= 0) and np.all(res.indices[:, n_coat:] == -1)
+    assert np.all(np.isnan(res.scores[:, n_coat:]))
+
+
+def test_memory_is_one_copy_plus_graph() -> None:
+    vectors, cats, _ = clustered(3000)
+    graph = ShardedIndex(vectors, cats, ann="hnsw")
+    half = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", storage="fp16"))
+    exact = ShardedIndex(vectors, cats, ann="exact")
+    assert vectors.nbytes <= exact.nbytes() < vectors.nbytes * 1.2
+    level0 = len(vectors) * 2 * graph.options.hnsw_m * 4  # neighbour ids at level 0
+    assert vectors.nbytes + level0 <= graph.nbytes() < (vectors.nbytes + level0) * 1.5
+    assert abs(graph.nbytes() - half.nbytes() - vectors.nbytes / 2) < vectors.nbytes * 0.05
+
+
+def test_without_faiss_the_index_is_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    monkeypatch.setattr(ann_mod, "_faiss", None)
+    monkeypatch.setattr(ann_mod, "_faiss_checked", False)
+    vectors, cats, queries = clustered(500)
+    with caplog.at_level(logging.WARNING, logger="shared.search.ann"):
+        index = ShardedIndex(vectors, cats, ann="hnsw")
+    assert index.ann_shards == []
+    assert any("faiss is not installed" in r.getMessage() for r in caplog.records)
+    ref = ShardedIndex(vectors, cats, ann="exact").search(queries, 5)
+    assert np.array_equal(index.search(queries, 5).indices, ref.indices)
+
+
+def test_bad_options_raise() -> None:
+    with pytest.raises(InvalidInput):
+        IndexOptions(ann="ivf")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        IndexOptions(storage="int8")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        IndexOptions(ann_threshold=0)
