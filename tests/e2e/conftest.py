@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Live:
     logs: list[Path]
     worker_metrics_port: int
     trained: Any
+    dupes_id: int  # a second catalogue with exact copies in it (duplicate review)
 
 
 def write_report(settings: Settings, trained: Any) -> Path:
@@ -57,6 +59,32 @@ def write_report(settings: Settings, trained: Any) -> Path:
     return out
 
 
+def add_dupes_catalogue(settings: Settings, trained: Any, folder: Path) -> int:
+    """A small catalogue holding two exact copies (same bytes, new keys) of its own images."""
+    from shared.db import services
+    from shared.db.session import session_scope
+    from shared.indexing import index_catalogue
+    from shared.vision.embed import Embedder
+    from shared.vision.modelfile import load_model
+    from shared.vision.router import Router
+
+    for category in ("dress", "shirt", "toptee"):
+        (folder / category).mkdir(parents=True)
+        for n, src in enumerate(sorted((trained.catalogue / "test" / category).glob("*.jpg"))[:2]):
+            shutil.copy(src, folder / category / f"{category}-{n}.jpg")
+    shutil.copy(folder / "dress" / "dress-0.jpg", folder / "dress" / "dress-0-again.jpg")
+    shutil.copy(folder / "shirt" / "shirt-1.jpg", folder / "shirt" / "shirt-1-again.jpg")
+    with session_scope(settings) as session:
+        active = services.get_active_model_version(session)
+        assert active is not None
+        cat = services.create_catalogue(session, "dupes", source_kind="folder", source_path=str(folder),
+                                        root=str(folder))
+    model = load_model(trained.model_path)
+    embedder = Embedder(model.net, "resnet50", model.meta.image_size, device="cpu")
+    index_catalogue(settings, cat.id, active.id, embedder, Router.load(trained.router_path))
+    return cat.id
+
+
 @pytest.fixture(scope="session")
 def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     home = tmp_path_factory.mktemp("e2e-home")
@@ -64,6 +92,7 @@ def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
     shutil.copytree(trained.catalogue / "train", catalogue_dir)
     settings = Settings(home=home, loader_workers=0)
     catalogue_id = prepare(settings, trained, catalogue_dir)
+    dupes_id = add_dupes_catalogue(settings, trained, home / "dupes")
     write_report(settings, trained)
     env = _env(settings)
     env = {k: v for k, v in env.items() if k != "FIR_BROKER_URL"}  # the filesystem broker under FIR_HOME
@@ -81,7 +110,7 @@ def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, 180, "readiness", logs)
-        yield Live(base, settings, catalogue_id, catalogue_dir, logs, metrics_port, trained)
+        yield Live(base, settings, catalogue_id, catalogue_dir, logs, metrics_port, trained, dupes_id)
     finally:
         _stop(api)
         _stop(worker)
@@ -131,6 +160,18 @@ class Watched:
         path = ARTIFACTS / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=full_page)
         return path
+
+    def wait_js(self, expression: str, timeout: float = 30) -> Any:
+        """Poll a JavaScript expression until it is truthy (page.wait_for_function evaluates
+        strings with eval, which the UI's Content-Security-Policy forbids)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {expression}")
+            time.sleep(0.1)
 
     def check_clean(self) -> None:
         assert not self.foreign, f"the page loaded from other hosts: {self.foreign}"

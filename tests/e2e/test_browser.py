@@ -19,9 +19,15 @@ def _query_photo(live: Live, category: str = "dress") -> Any:
     return next((live.trained.catalogue / "test" / category).glob("*.jpg"))
 
 
+def _choose_shop(page: Watched, live: Live) -> None:
+    page.page.wait_for_selector(f"#catalogue option[value='{live.catalogue_id}']", state="attached")
+    page.page.select_option("#catalogue", str(live.catalogue_id))
+    page.page.wait_for_selector("#category option[value='dress']", state="attached")
+
+
 def test_search_by_uploaded_photo(page: Watched, live: Live) -> None:
     page.goto("/ui/search")
-    page.page.wait_for_selector("#category option[value='dress']", state="attached")
+    _choose_shop(page, live)
     page.page.set_input_files("#file", str(_query_photo(live)))
     assert page.page.locator("#preview").is_visible()
     page.page.fill("#k", "12")
@@ -37,14 +43,14 @@ def test_search_by_uploaded_photo(page: Watched, live: Live) -> None:
     assert page.page.locator("#results .relevant, #results .wrong").count() == 0  # category unknown: no frames
     page.page.select_option("#category", "dress")  # now it is known: frames
     assert page.page.locator("#results .relevant").count() + page.page.locator("#results .wrong").count() == 12
-    page.page.wait_for_function("Array.from(document.querySelectorAll('#results img')).every(i => i.complete)")
+    page.wait_js("Array.from(document.querySelectorAll('#results img')).every(i => i.complete)")
     page.shot("search-upload")
     page.check_clean()
 
 
 def test_search_by_picked_item_frames_results(page: Watched, live: Live) -> None:
     page.goto("/ui/search")
-    page.page.wait_for_selector("#category option[value='dress']", state="attached")
+    _choose_shop(page, live)
     page.page.click("#pick-toggle")
     page.page.select_option("#picker-category", "shirt")
     page.page.wait_for_selector("#picker-grid .picker-item")
@@ -68,7 +74,7 @@ def test_search_by_picked_item_frames_results(page: Watched, live: Live) -> None
     colour = page.page.evaluate("getComputedStyle(document.querySelector('#results .relevant')).borderTopColor")
     assert colour == "rgb(34, 160, 60)"  # the report grid's green
     assert "share the query's category (shirt)" in page.page.locator("#results-summary").inner_text()
-    page.page.wait_for_function("Array.from(document.querySelectorAll('#results img')).every(i => i.complete)")
+    page.wait_js("Array.from(document.querySelectorAll('#results img')).every(i => i.complete)")
     page.shot("search-picked-item")
     # The job's page can be reopened: ?job=<id> shows the same results.
     url = page.page.url
@@ -138,9 +144,65 @@ def test_evaluation_report_page(page: Watched, live: Live) -> None:
     assert page.page.locator("#chart-pr svg path.series").count() == 4
     assert page.page.locator("#chart-category svg rect.bar").count() == 4 * 3
     assert page.page.locator("#chart-time svg path.series").count() == 4
-    page.page.wait_for_function("document.querySelector('img.examples').complete")
+    page.wait_js("document.querySelector('img.examples').complete")
     assert page.page.evaluate("document.querySelector('img.examples').naturalWidth") > 100
     page.shot("evaluation-report")
+    page.check_clean()
+
+
+def test_duplicate_review_decision_persists(page: Watched, live: Live) -> None:
+    runs = requests.get(f"{live.base}/api/v1/catalogues/{live.dupes_id}/dedup-runs", timeout=10)
+    if runs.status_code == 404 and "catalogue" not in runs.text:
+        pytest.skip("this server has no de-duplication API")
+    page.goto("/ui/duplicates")
+    page.page.wait_for_selector(f"#catalogue option[value='{live.dupes_id}']", state="attached")
+    page.page.select_option("#catalogue", str(live.dupes_id))
+    # The test model is barely trained (every pair of its images is above the default 0.9):
+    # a high threshold leaves the exact copies.
+    page.page.fill("#threshold", "0.995")
+    page.page.click("#run-dedup")
+    page.page.wait_for_selector(".group", timeout=120_000)
+    assert "Run " in page.page.locator("#run-summary").inner_text()
+    exact = page.page.locator(".group", has=page.page.locator(".badge.exact"))
+    assert exact.count() == 2  # the two copies, each with its original
+    group = exact.first
+    group_id = group.get_attribute("data-group-id")
+    assert group.locator(".member").count() == 2
+    assert "suggested keep" in group.locator(".member").first.inner_text()
+    assert "same bytes" in group.locator(".member").nth(1).inner_text()
+    keep = group.locator(".member").nth(1)
+    keep_id = int(keep.get_attribute("data-item-id") or 0)
+    keep.locator(".keep-this").click()
+    decided = page.page.locator(f".group[data-group-id='{group_id}'][data-decision='keep_item']")
+    decided.wait_for()
+    assert "keep" in (decided.locator(f".member[data-item-id='{keep_id}']").get_attribute("class") or "").split()
+    other = page.page.locator(".group", has=page.page.locator(".badge.exact")).nth(1)
+    other_id = other.get_attribute("data-group-id")
+    other.locator("button.not-duplicate").click()
+    page.page.locator(f".group[data-group-id='{other_id}'][data-decision='not_duplicate']").wait_for()
+    page.wait_js("Array.from(document.querySelectorAll('.group img')).every(i => i.complete)")
+    page.shot("duplicates")
+
+    # The decisions are stored: a reload shows them, and so does the API.
+    page.page.reload()
+    page.page.locator(f".group[data-group-id='{group_id}'][data-decision='keep_item']").wait_for()
+    stored = requests.get(f"{live.base}/api/v1/dedup-groups/{group_id}", timeout=10).json()
+    assert stored["decision"]["decision"] == "keep_item" and stored["decision"]["kept_item_id"] == keep_id
+
+    # A second run: the kept group comes back with its decision and is not new; the group
+    # marked not-a-duplicate is hidden unless asked for.
+    page.page.fill("#threshold", "0.995")
+    page.page.click("#run-dedup")
+    page.wait_js("document.querySelector('#run').options.length >= 2", timeout=120)
+    second_run = page.page.locator("#run option").first.get_attribute("value")
+    page.page.locator(f"#groups[data-run='{second_run}'] .group").first.wait_for()
+    again = page.page.locator(".group", has=page.page.locator(".badge.exact"))
+    assert again.count() == 1
+    assert again.first.get_attribute("data-decision") == "keep_item"
+    assert again.first.locator(".badge.new").count() == 0
+    page.page.check("#include-dismissed")
+    page.page.locator(f"#groups[data-run='{second_run}'] .group[data-decision='not_duplicate']").wait_for()
+    page.shot("duplicates-second-run")
     page.check_clean()
 
 
