@@ -302,7 +302,7 @@ def run_evaluation(c: Ctx, scan: Any, gallery_splits: list[str], query_split: st
         rtr, _ = train_router(gallery, c.store, seed=s.seed)
     report = evaluate_retrieval(gallery, queries.features, rtr, modes=tuple(modes), ks=tuple(ks), metric=metric,
                                 threshold=s.fallback_threshold,
-                                extraction_ms=single_image_ms(loaded, query_samples, s))
+                                extraction_ms=single_image_ms(loaded, query_samples, s), progress=True)
     report.meta["weights_source"] = loaded.meta.weights_source
     report.meta["model_metrics"] = {k: v for k, v in loaded.meta.metrics.items() if k != "history"}
     written = write_report(report, out or c.store.new_report_dir())
@@ -688,27 +688,69 @@ def vectors_import(c: Ctx, catalogue: str, file: Path) -> None:
 
 
 @main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 @pass_ctx
 @handle_errors
-def status_cmd(c: Ctx) -> None:
+def status_cmd(c: Ctx, as_json: bool) -> None:
     """Catalogues, queued and running jobs, live workers."""
-    from shared.db import heartbeat, listing, services
+    from datetime import datetime
+
+    from shared.db import heartbeat, listing, services, stats
+    from shared.db.models import utcnow
 
     ensure_db(c)
+    now = utcnow()
     with db_session(c) as session:
         active = services.get_active_model_version(session)
-        click.echo(f"active model: {f'{active.id} ({active.model_id}, {active.backbone})' if active else 'none'}")
-        for cat in services.list_catalogues(session):
-            counts = services.count_items(session, cat.id)
-            by_cat = listing.count_by_category(session, cat.id)
-            click.echo(f"catalogue {cat.id} {cat.name}: {counts} {by_cat}")
-        for status in ("queued", "running"):
-            jobs = services.list_jobs(session, status=status, limit=20)
-            click.echo(f"{status} jobs: {len(jobs)}" + "".join(
-                f"\n  {j.id} {j.type} {j.progress_done}/{j.progress_total or '?'}" for j in jobs))
-        workers = heartbeat.recent(session, max_age_s=60)
-        click.echo(f"live workers: {len(workers)}" + "".join(
-            f"\n  {w['name']} ({w['queues']}) seen {w['last_seen']}" for w in workers))
+        sizes = stats.catalogue_sizes(session, active.id if active else None)
+        by_category = {size.catalogue_id: listing.count_by_category(session, size.catalogue_id) for size in sizes}
+        depth = stats.queue_depth(session)
+        jobs = {status: services.list_jobs(session, status=status, limit=20) for status in ("queued", "running")}
+        totals = {status: sum(n for (_, st), n in stats.job_counts(session).items() if st == status)
+                  for status in ("queued", "running")}
+        workers = heartbeat.recent(session, max_age_s=max(30.0, 3 * c.settings.worker_heartbeat_s))
+    if as_json:
+        click.echo(json.dumps({
+            "active_model": ({"id": active.id, "model_id": active.model_id, "backbone": active.backbone}
+                             if active else None),
+            "catalogues": [{"id": z.catalogue_id, "name": z.name, "items": z.items_by_status, "indexed": z.indexed,
+                            "by_category": by_category[z.catalogue_id]} for z in sizes],
+            "queue_depth": depth, "jobs": {st: [{"id": j.id, "type": j.type, "catalogue_id": j.catalogue_id,
+                                                "done": j.progress_done, "total": j.progress_total}
+                                               for j in js] for st, js in jobs.items()},
+            "workers": workers,
+        }, indent=2, default=str))
+        return
+
+    def ago(when: Any) -> str:
+        seconds = max(0.0, (now - when).total_seconds()) if when is not None else 0.0
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+    click.echo(f"active model: {f'version {active.id} ({active.model_id}, {active.backbone})' if active else 'none'}")
+    click.echo(f"catalogues: {len(sizes)}")
+    for z in sizes:
+        st = z.items_by_status
+        cats = ", ".join(f"{k} {v}" for k, v in sorted(by_category[z.catalogue_id].items()))
+        click.echo(f"  {z.catalogue_id:4d} {z.name}: {st.get('active', 0)} active, {st.get('removed', 0)} removed, "
+                   f"{st.get('bad', 0)} bad; {z.indexed} indexed" + (f"; {cats}" if cats else ""))
+    for status in ("queued", "running"):
+        shown = jobs[status]
+        line = f"{status} jobs: {totals[status]}"
+        if status == "queued" and depth:
+            line += " (" + ", ".join(f"{t} {n}" for t, n in sorted(depth.items())) + ")"
+        click.echo(line)
+        for j in shown:
+            pct = f" ({100 * j.progress_done / j.progress_total:.0f}%)" if j.progress_total else ""
+            since = j.started_at if status == "running" else j.created_at
+            click.echo(f"  #{j.id} {j.type}" + (f" catalogue {j.catalogue_id}" if j.catalogue_id else "")
+                       + f"  {j.progress_done}/{j.progress_total if j.progress_total is not None else '?'}{pct}"
+                       + f"  {'running' if status == 'running' else 'waiting'} for {ago(since)}")
+        if totals[status] > len(shown):
+            click.echo(f"  ... and {totals[status] - len(shown)} more")
+    click.echo(f"live workers: {len(workers)}")
+    for w in workers:
+        seen = datetime.fromisoformat(w["last_seen"])
+        click.echo(f"  {w['name']} (queues {w['queues'] or '?'}) on {w['host']} pid {w['pid']}, seen {ago(seen)} ago")
 
 
 @main.command("up")

@@ -65,11 +65,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_samples(samples: Sequence[Sample], max_pixels: int) -> tuple[list[ScannedItem], list[BadItem]]:
+def scan_samples(samples: Sequence[Sample], max_pixels: int,
+                 show_bar: bool = False) -> tuple[list[ScannedItem], list[BadItem]]:
     """Hash and probe (header only) every sample."""
+    from tqdm import tqdm
+
     good: list[ScannedItem] = []
     bad: list[BadItem] = []
-    for s in samples:
+    for s in tqdm(samples, desc="scanning", unit="file", disable=not show_bar, leave=False):
         try:
             size = s.path.stat().st_size
             sha = file_sha256(s.path)
@@ -163,7 +166,7 @@ def index_catalogue(
         cat = services.get_catalogue(session, catalogue_id)
     scan = read_source(cat.source_kind, cat.source_path)
     if scan is not None:
-        good, bad = scan_samples(scan.samples, settings.max_image_pixels)
+        good, bad = scan_samples(scan.samples, settings.max_image_pixels, show_bar=show_bar)
         report.scanned = len(scan.samples)
         with session_scope(settings) as session:
             up = services.upsert_items(session, catalogue_id, good)

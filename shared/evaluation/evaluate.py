@@ -177,11 +177,13 @@ def evaluate_retrieval(
     extraction_ms: float | None = None,
     n_examples: int = 6,
     latency_sample: int = 50,
+    progress: bool = False,
 ) -> EvalReport:
     """Evaluate retrieval of ``queries`` against ``gallery`` for each routing mode and k.
 
     svm modes are skipped (with a note) when ``router`` is None. The feature sets and the
-    router must come from the same model (:class:`~shared.errors.ModelMismatch`)."""
+    router must come from the same model (:class:`~shared.errors.ModelMismatch`). ``progress``
+    shows a bar over the routing modes (for a terminal)."""
     if len(gallery) == 0:
         raise EmptyDataset("the gallery has no features to search")
     if len(queries) == 0:
@@ -255,7 +257,9 @@ def evaluate_retrieval(
     rows: list[EvalRow] = []
     per_category: dict[str, dict[str, float]] = {}
     pr_curve: dict[str, list[dict[str, float]]] = {}
-    for mode in run_modes:
+    from tqdm import tqdm
+
+    for mode in tqdm(run_modes, desc="evaluating", unit="mode", disable=not progress, leave=False):
         ap = np.zeros((len(ks_sorted), n_q))
         prec = np.zeros((len(ks_sorted), n_q))
         returned = np.zeros((len(ks_sorted), n_q))
