@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from shared.db.catalogues import BadItem, ScannedItem
 from shared.db.session import session_scope
 from shared.errors import BadImage, NotFound
 from shared.imaging import probe_image
-from shared.vision.embed import Embedder
+from shared.vision.embed import Embedder, EmbedResult, merge_results
 from shared.vision.router import Router
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,54 @@ def read_source(source_kind: str, source_path: str) -> DatasetScan | None:
     return read_dataset(path, "manifest" if source_kind == "manifest" else "auto")
 
 
+class _ChunkWriter:
+    """Writes embedded chunks to the database in a background thread, so that the write of
+    chunk i overlaps with embedding chunk i + 1. At most ``depth`` chunks wait; the first
+    error stops the writer and is raised to the producer (at its next ``submit`` or at
+    ``close``). Writes happen in submission order, one transaction per chunk."""
+
+    def __init__(self, write: Callable[[object], None], depth: int = 2) -> None:
+        self._write = write
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fir-index-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, item: object) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait for every submitted chunk to be written; raise the writer's error if any."""
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._raise()
+
+
+_STOP = object()
+
+
+@dataclass
+class _Chunk:
+    ids: list[int]  # every item of the chunk, embedded or bad
+    result: EmbedResult  # positions relative to the chunk
+
+
 def embed_missing(
     settings: Settings,
     catalogue_id: int,
@@ -112,26 +162,37 @@ def embed_missing(
     progress: Progress | None = None,
     batch_size: int = 64,
     show_bar: bool = False,
+    embed_batch: int | None = None,
 ) -> None:
-    """Embed every active item with no vector for the model version, batch by batch (each
-    batch committed with its progress, so a crash loses at most one batch)."""
+    """Embed every active item with no vector for the model version.
+
+    One loader runs over all the items (``settings.loader_workers`` processes decoding ahead
+    of the model, ``embed_batch`` images per forward, default ``settings.batch_size``); every
+    ``batch_size`` items form a chunk, committed in its own transaction with its progress (so a
+    crash loses at most the chunks in flight) by a writer thread while the next chunk embeds.
+    Images that fail to decode are recorded as bad with their reason.
+    """
     with session_scope(settings) as session:
         todo = services.items_missing_embeddings(session, catalogue_id, model_version_id)
         infos = services.get_items(session, todo)
     total = len(todo)
-    done = 0
     if progress:
         progress(0, total)
-    for start in range(0, total, batch_size):
-        ids = todo[start : start + batch_size]
-        paths = [Path(infos[i].location or "") for i in ids]
-        result = embedder.embed_paths(paths, batch_size=min(batch_size, 32), workers=settings.loader_workers,
-                                      progress=show_bar, desc="embedding")
+    if not todo:
+        return
+    done = 0
+
+    def write(item: object) -> None:
+        nonlocal done
+        assert isinstance(item, _Chunk)
+        ids, result = item.ids, item.result
         ok_ids = [ids[j] for j in result.ok]
         bad = [BadItem(key=infos[ids[j]].external_key, reason=reason, sha256=infos[ids[j]].sha256,
                        size_bytes=infos[ids[j]].size_bytes, location=infos[ids[j]].location)
                for j, reason in result.errors.items()]
-        with session_scope(settings) as session:
+        # IMMEDIATE: take SQLite's write lock up front, so two indexing processes queue on the
+        # busy timeout instead of failing to upgrade a read transaction ("database is locked")
+        with session_scope(settings, immediate=True) as session:
             if ok_ids:
                 services.write_embeddings(session, model_version_id, ok_ids, result.vectors)
                 if router is not None:
@@ -142,12 +203,36 @@ def embed_missing(
                             session, {ok_ids[k]: c for k, c in zip(unlabelled, cats, strict=True)})
             if bad:
                 services.record_bad_items(session, catalogue_id, bad)
-            done += len(ids)
-            report.embedded += len(ok_ids)
-            report.bad += len(bad)
-            report.bad_reasons.update({b.key: b.reason for b in bad})
+        done += len(ids)
+        report.embedded += len(ok_ids)
+        report.bad += len(bad)
+        report.bad_reasons.update({b.key: b.reason for b in bad})
         if progress:
             progress(done, total)
+
+    paths = [Path(infos[i].location or "") for i in todo]
+    writer = _ChunkWriter(write)
+    pending: list[EmbedResult] = []
+    start = 0  # position in ``todo`` of the pending chunk's first item
+    covered = 0  # items the pending batches cover
+    try:
+        for part in embedder.iter_paths(paths, batch_size=embed_batch or settings.batch_size,
+                                        workers=settings.loader_workers, progress=show_bar, desc="embedding"):
+            pending.append(part)
+            covered += len(part.ok) + len(part.errors)
+            if covered >= batch_size:
+                writer.submit(_chunk(todo, start, covered, pending, embedder.feature_dim))
+                start, covered, pending = start + covered, 0, []
+        if covered:
+            writer.submit(_chunk(todo, start, covered, pending, embedder.feature_dim))
+    finally:
+        writer.close()
+
+
+def _chunk(todo: list[int], start: int, count: int, parts: list[EmbedResult], dim: int) -> _Chunk:
+    merged = merge_results(parts, dim)
+    rel = EmbedResult(merged.vectors, merged.ok - start, {i - start: r for i, r in merged.errors.items()})
+    return _Chunk(ids=todo[start : start + count], result=rel)
 
 
 def index_catalogue(
@@ -168,7 +253,7 @@ def index_catalogue(
     if scan is not None:
         good, bad = scan_samples(scan.samples, settings.max_image_pixels, show_bar=show_bar)
         report.scanned = len(scan.samples)
-        with session_scope(settings) as session:
+        with session_scope(settings, immediate=True) as session:  # read-then-write: lock at BEGIN
             up = services.upsert_items(session, catalogue_id, good)
             report.new, report.changed, report.unchanged = up.new, up.changed, up.unchanged + up.reactivated
             if bad:
@@ -180,11 +265,11 @@ def index_catalogue(
             report.removed = services.mark_unseen_removed(
                 session, catalogue_id, {g.key for g in good} | {b.key for b in bad} | uploaded)
     if full:
-        with session_scope(settings) as session:
+        with session_scope(settings, immediate=True) as session:
             listing.delete_embeddings(session, catalogue_id, model_version_id)
     embed_missing(settings, catalogue_id, model_version_id, embedder, router, report, progress,
-                  batch_size=max(settings.batch_size * 4, 32), show_bar=show_bar)
-    with session_scope(settings) as session:
+                  batch_size=max(settings.batch_size * 4, 64), show_bar=show_bar)
+    with session_scope(settings, immediate=True) as session:
         report.generation = services.bump_index_generation(session, catalogue_id, model_version_id)
     log.info("catalogue %d indexed: %s", catalogue_id, report.summary())
     return report

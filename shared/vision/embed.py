@@ -150,6 +150,47 @@ class Embedder:
             out.append(self.embed_tensor(torch.stack([self.transform(im) for im in chunk])))
         return np.concatenate(out)
 
+    def iter_paths(
+        self,
+        paths: Sequence[Path],
+        batch_size: int = 16,
+        workers: int = 1,
+        progress: bool = False,
+        desc: str = "embedding",
+    ) -> Iterator[EmbedResult]:
+        """Embed image files batch by batch, in input order: one :class:`EmbedResult` per
+        batch, its ``ok`` and ``errors`` keyed by position in ``paths``.
+
+        One loader over all the paths: ``workers`` processes decode and preprocess ahead of
+        the model (``prefetch_factor`` batches each), so decoding overlaps with compute; on
+        CUDA the batches come in pinned memory and are copied without blocking.
+        """
+        if not paths:
+            return
+        loader = DataLoader(
+            _PathDataset(paths, self.transform, self.image_size, self.max_pixels),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+        try:
+            for images, idx, errs in _iterate(loader):
+                good = [j for j, e in enumerate(errs) if not e]
+                errors = {int(idx[j]): e for j, e in enumerate(errs) if e}
+                for i, reason in errors.items():
+                    log.warning("skipped %s: %s", paths[i], reason)
+                if good:
+                    feats = self.embed_tensor(images[good] if len(good) < len(errs) else images)
+                else:
+                    feats = np.zeros((0, self.feature_dim), np.float32)
+                bar.update(len(errs))
+                yield EmbedResult(feats, np.asarray([int(idx[j]) for j in good], dtype=np.int64), errors)
+        finally:
+            bar.close()
+
     def embed_paths(
         self,
         paths: Sequence[Path],
@@ -161,33 +202,19 @@ class Embedder:
         """Embed image files; decoding runs in ``workers`` loader processes beside the model."""
         if not paths:
             return EmbedResult(np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64))
-        loader = DataLoader(
-            _PathDataset(paths, self.transform, self.image_size, self.max_pixels),
-            batch_size=batch_size,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        vectors: list[npt.NDArray[np.float32]] = []
-        ok: list[int] = []
-        errors: dict[int, str] = {}
-        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
-        for images, idx, errs in _iterate(loader):
-            good = [j for j, e in enumerate(errs) if not e]
-            for j, e in enumerate(errs):
-                if e:
-                    errors[int(idx[j])] = e
-            if good:
-                feats = self.embed_tensor(images[good] if len(good) < len(errs) else images)
-                vectors.append(feats)
-                ok.extend(int(idx[j]) for j in good)
-            bar.update(len(errs))
-        bar.close()
-        for i, reason in sorted(errors.items()):
-            log.warning("skipped %s: %s", paths[i], reason)
-        mat = np.concatenate(vectors) if vectors else np.zeros((0, self.feature_dim), np.float32)
-        return EmbedResult(mat, np.asarray(ok, dtype=np.int64), errors)
+        parts = list(self.iter_paths(paths, batch_size, workers, progress, desc))
+        return merge_results(parts, self.feature_dim)
+
+
+def merge_results(parts: Sequence[EmbedResult], dim: int) -> EmbedResult:
+    """Batches' results as one (rows in the batches' order)."""
+    vectors = [p.vectors for p in parts if len(p.vectors)]
+    errors: dict[int, str] = {}
+    for p in parts:
+        errors.update(p.errors)
+    mat = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    ok = np.concatenate([p.ok for p in parts]) if parts else np.zeros(0, np.int64)
+    return EmbedResult(mat, ok.astype(np.int64, copy=False), errors)
 
 
 def _iterate(loader: DataLoader[tuple[torch.Tensor, int, str]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -1,0 +1,132 @@
+"""The indexing pipeline's embedding stage: one loader over all items, chunks committed by a
+writer thread. Every item gets its own vector, bad images are recorded, progress comes per
+chunk, a failed write stops the run with its error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.data.synthetic import generate_catalogue
+from shared.errors import InvalidInput
+
+N_GOOD = 27  # 9 per category
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Any:
+    from shared.vision.backbone import build_network
+    from shared.vision.embed import Embedder
+
+    net, _ = build_network("resnet50", "none", num_classes=3)
+    return Embedder(net, "resnet50", 32, device="cpu", precision="fp32")
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> tuple[Settings, int, int, Path]:
+    from shared.db import services
+    from shared.db.migrate import upgrade
+    from shared.db.session import session_scope
+
+    root = generate_catalogue(tmp_path / "cat", per_category={"train": N_GOOD // 3}, size=48)
+    # two truncated files: recorded as bad by the scan
+    good = sorted(root.rglob("*.jpg"))
+    for i, src in enumerate(good[:2]):
+        data = src.read_bytes()
+        (src.parent / f"zz-truncated-{i}.jpg").write_bytes(data[: len(data) // 3])
+    settings = Settings(home=tmp_path / "home", loader_workers=0, batch_size=4)
+    upgrade(settings.resolved_database_url())
+    with session_scope(settings) as session:
+        mv = services.register_model_version(
+            session, backbone="resnet50", weights_source="none", labels=["dress", "shirt", "toptee"],
+            model_id="0" * 16, checkpoint_path="/dev/null", checkpoint_sha256="0" * 64)
+        cat = services.create_catalogue(session, "t", source_kind="folder", source_path=str(root), root=str(root))
+    return settings, cat.id, mv.id, root
+
+
+def _vectors(settings: Settings, catalogue_id: int, version_id: int) -> dict[str, np.ndarray]:
+    from shared.db import services
+    from shared.db.session import session_scope
+
+    with session_scope(settings) as session:
+        ids, vectors, _ = services.load_vectors(session, catalogue_id, version_id)
+        infos = services.get_items(session, ids.tolist())
+    return {str(infos[int(i)].location): v for i, v in zip(ids, vectors, strict=True)}
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_every_item_gets_its_own_vector(home: tuple, embedder: Any, loader_workers: int) -> None:
+    from shared.indexing import index_catalogue
+
+    settings, cat_id, mv_id, root = home
+    settings = settings.model_copy(update={"loader_workers": loader_workers})
+    calls: list[tuple[int, int]] = []
+    report = index_catalogue(settings, cat_id, mv_id, embedder, None, progress=lambda d, t: calls.append((d, t)))
+    assert report.embedded == N_GOOD and report.bad == 2
+    assert all("truncated" in key for key in report.bad_reasons)
+    assert calls[0] == (0, N_GOOD) and calls[-1] == (N_GOOD, N_GOOD)
+    stored = _vectors(settings, cat_id, mv_id)
+    assert len(stored) == N_GOOD
+    paths = sorted(stored)
+    direct = embedder.embed_paths([Path(p) for p in paths], batch_size=5, workers=0, progress=False)
+    np.testing.assert_allclose(np.stack([stored[p] for p in paths]), direct.vectors, rtol=1e-4, atol=1e-5)
+
+
+def _scan(settings: Settings, cat_id: int, root: Path) -> None:
+    """The scan stage alone: every item is then known and lacks a vector."""
+    from shared.db import services
+    from shared.db.session import session_scope
+    from shared.indexing import read_source, scan_samples
+
+    scan = read_source("folder", str(root))
+    assert scan is not None
+    good, _ = scan_samples(scan.samples, settings.max_image_pixels)
+    with session_scope(settings) as session:
+        services.upsert_items(session, cat_id, good)
+
+
+def test_chunks_commit_with_progress(home: tuple, embedder: Any) -> None:
+    from shared.indexing import IndexReport, embed_missing
+
+    settings, cat_id, mv_id, root = home
+    _scan(settings, cat_id, root)
+    gone = sorted(root.rglob("shirt-*.jpg"))[:2]
+    for path in gone:  # vanished between scan and embedding: bad at embedding time
+        path.unlink()
+    report = IndexReport(catalogue_id=cat_id, model_version_id=mv_id)
+    calls: list[tuple[int, int]] = []
+    embed_missing(settings, cat_id, mv_id, embedder, None, report, progress=lambda d, t: calls.append((d, t)),
+                  batch_size=10, embed_batch=3)
+    # chunks close on whole loader batches: 12, 12, then the rest
+    assert calls == [(0, N_GOOD), (12, N_GOOD), (24, N_GOOD), (N_GOOD, N_GOOD)]
+    assert report.embedded == N_GOOD - 2 and report.bad == 2
+    assert all(reason == "file not found" for reason in report.bad_reasons.values())
+    assert set(_vectors(settings, cat_id, mv_id)).isdisjoint(str(p) for p in gone)
+    assert len(_vectors(settings, cat_id, mv_id)) == N_GOOD - 2
+
+
+def test_a_failed_write_stops_the_run(home: tuple, embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.db import services
+    from shared.indexing import IndexReport, embed_missing
+
+    settings, cat_id, mv_id, root = home
+    _scan(settings, cat_id, root)
+    real = services.write_embeddings
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise InvalidInput("disk full (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, "write_embeddings", flaky)
+    report = IndexReport(catalogue_id=cat_id, model_version_id=mv_id)
+    with pytest.raises(InvalidInput, match="disk full"):
+        embed_missing(settings, cat_id, mv_id, embedder, None, report, batch_size=8, embed_batch=4)
+    assert len(calls) == 2  # the writer stopped at its first error
+    assert len(_vectors(settings, cat_id, mv_id)) == report.embedded == 8  # the first chunk stays committed
