@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.register_blueprint(catalogues.bp)
     app.register_blueprint(queries.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(_dedup_blueprint())
     app.register_blueprint(metrics.bp)
     app.register_blueprint(ui.bp)
     return app
@@ -73,3 +74,10 @@ def enqueue(task_name: str, job_id: int) -> str | None:
 
     fn: Any = current_app.extensions["fir_enqueue"]
     return fn(task_name, job_id)
+
+
+def _dedup_blueprint() -> Any:
+    """The de-duplication routes (api/routes/dedup.py)."""
+    from api.routes import dedup
+
+    return dedup.bp

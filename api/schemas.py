@@ -4,7 +4,7 @@ generated from them."""
 from __future__ import annotations
 
 from apiflask import Schema
-from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, String
+from apiflask.fields import AwareDateTime, Boolean, Dict, File, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 
 from shared.engine import MAX_K
@@ -106,6 +106,9 @@ class QueryParams(Schema):
     routing = String(load_default="svm-fallback", validate=OneOf(ROUTINGS))
     category = String(load_default=None, validate=Length(1, 100))
     threshold = Float(load_default=None, validate=Range(0.0, 1.0))
+    duplicate_threshold = Float(load_default=None, validate=Range(0.0, 1.0, min_inclusive=False),
+                                metadata={"description": "flag results with cosine >= this as duplicates "
+                                                         "(`is_duplicate`); cosine metric only"})
 
 
 class QueryFormIn(QueryParams):
@@ -131,6 +134,7 @@ class Hit(Schema):
     score = Float()
     category = String(allow_none=True)
     image_url = String()
+    is_duplicate = Boolean(metadata={"description": "only for queries with a duplicate_threshold"})
 
 
 class JobOut(Schema):
@@ -150,6 +154,7 @@ class JobOut(Schema):
     model_version = Dict(allow_none=True)
     results_url = String(allow_none=True)
     elapsed_ms = Float(allow_none=True)
+    duplicate = Dict(allow_none=True)
 
 
 class JobsQuery(Schema):
@@ -181,3 +186,122 @@ class ResultPage(Schema):
 class Health(Schema):
     status = String()
     checks = Dict()
+
+
+# -- de-duplication ---------------------------------------------------------------------------
+DEDUP_DECISIONS = ("confirmed", "not_duplicate", "keep_item")
+KEEP_RULES = ("oldest", "largest", "most_complete")
+CosineThreshold = Range(0.0, 1.0, min_inclusive=False)
+
+
+class DedupIn(Schema):
+    category = String(load_default=None, validate=Length(1, 200),
+                      metadata={"description": "only this category (default: every category)"})
+    only_new = Boolean(load_default=False, metadata={
+        "description": "only items new or changed since `since` (default: the previous run) against the rest"})
+    since = AwareDateTime(load_default=None)
+    threshold = Float(load_default=None, validate=CosineThreshold,
+                      metadata={"description": "cosine similarity from which two items are near-duplicates"})
+    thresholds = Dict(keys=String(validate=Length(1, 200)), values=Float(validate=CosineThreshold),
+                      load_default=None, metadata={"description": "a threshold per category (`fir dedup calibrate`)"})
+    use_phash = Boolean(load_default=False, metadata={
+        "description": "near pairs must also be close by perceptual hash"})
+    phash_max_distance = Integer(load_default=16, validate=Range(0, 64))
+    keep_rule = String(load_default="oldest", validate=OneOf(KEEP_RULES))
+
+
+class DedupRunsQuery(Schema):
+    cursor = Integer(load_default=None, validate=Range(1))
+    limit = Integer(load_default=20, validate=Range(1, 200))
+
+
+class DedupRunOut(Schema):
+    id = Integer()
+    catalogue_id = Integer()
+    model_version_id = Integer(allow_none=True)
+    job_id = Integer(allow_none=True)
+    params = Dict(allow_none=True)
+    group_count = Integer()
+    counts = Dict()
+    created_at = String()
+    finished_at = String(allow_none=True)
+    groups_url = String()
+    export_url = String()
+
+
+class DedupRunList(Schema):
+    runs = List(Nested(DedupRunOut))
+    next_cursor = Integer(allow_none=True)
+
+
+class DedupGroupsQuery(Schema):
+    cursor = Integer(load_default=None, validate=Range(0), metadata={"description": "the last group id seen"})
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    include_dismissed = Boolean(load_default=False)
+    kind = String(load_default=None, validate=OneOf(("exact", "near")))
+    only_new = Boolean(load_default=False, metadata={"description": "only groups new since the previous run"})
+
+
+class DedupMemberOut(Schema):
+    item_id = Integer()
+    key = String(allow_none=True)
+    category = String(allow_none=True)
+    width = Integer(allow_none=True)
+    height = Integer(allow_none=True)
+    hash_equal = Boolean()
+    phash_distance = Integer(allow_none=True)
+    cosine = Float(allow_none=True)
+    is_representative = Boolean()
+    image_url = String()
+
+
+class DedupDecisionOut(Schema):
+    group_id = Integer(allow_none=True)
+    fingerprint = String()
+    decision = String()
+    kept_item_id = Integer(allow_none=True)
+    decided_by = String()
+    note = String(allow_none=True)
+    decided_at = String()
+
+
+class DedupGroupOut(Schema):
+    id = Integer()
+    run_id = Integer()
+    kind = String()
+    category = String(allow_none=True)
+    size = Integer()
+    fingerprint = String()
+    representative_item_id = Integer()
+    suggested_keep_item_id = Integer()
+    new_since_previous = Boolean()
+    dismissed = Boolean()
+    decision = Nested(DedupDecisionOut, allow_none=True)
+    members = List(Nested(DedupMemberOut))
+
+
+class DedupGroupPage(Schema):
+    run_id = Integer()
+    groups = List(Nested(DedupGroupOut))
+    next_cursor = Integer(allow_none=True)
+
+
+class DedupExportQuery(Schema):
+    format = String(load_default="json", validate=OneOf(("csv", "json")))
+    include_dismissed = Boolean(load_default=False)
+
+
+class DedupDecisionIn(Schema):
+    decision = String(required=True, validate=OneOf(DEDUP_DECISIONS))
+    item_id = Integer(load_default=None, validate=Range(1), metadata={"description": "keep_item: the item to keep"})
+    decided_by = String(load_default="api", validate=Length(1, 200))
+    note = String(load_default=None, validate=Length(0, 2000))
+
+
+class CheckDuplicateIn(Schema):
+    file = File(required=True)
+    threshold = Float(load_default=None, validate=CosineThreshold,
+                      metadata={"description": "cosine from which a match is a duplicate (default: dedup's)"})
+    category = String(load_default=None, validate=Length(1, 200),
+                      metadata={"description": "search only this category (default: the whole catalogue)"})
+    k = Integer(load_default=10, validate=Range(1, 100))

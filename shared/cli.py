@@ -820,5 +820,273 @@ def up_cmd(c: Ctx, catalogue: Path | None, host: str | None, port: int | None, w
         click.echo("stopped")
 
 
+# -- de-duplication ---------------------------------------------------------------------------
+class _DedupGroup(click.Group):
+    """``fir dedup CATALOGUE`` runs a dedup; ``fir dedup calibrate|export|decide ...`` are the
+    other commands (a catalogue named like one of them: ``fir dedup run NAME``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("dedup", cls=_DedupGroup)
+def dedup_group() -> None:
+    """Find the same product twice in a catalogue: `fir dedup CATALOGUE`, then review, export,
+    decide; `fir dedup calibrate` measures precision and recall and suggests thresholds."""
+
+
+def _catalogue_id(session: Any, ref: str) -> int:
+    from shared.db import services
+    from shared.errors import NotFound
+
+    if ref.isdigit():
+        try:
+            return int(services.get_catalogue(session, int(ref)).id)
+        except NotFound:
+            pass
+    return int(services.get_catalogue_by_name(session, ref).id)
+
+
+@dedup_group.command("run")
+@click.argument("catalogue")
+@click.option("--category", default=None, help="Only this category (default: every category).")
+@click.option("--threshold", type=float, default=None,
+              help="Cosine similarity from which two items are near-duplicates (default 0.9, or the "
+                   "file's default with --thresholds).")
+@click.option("--thresholds", "thresholds_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="thresholds.json from `fir dedup calibrate`: a threshold per category.")
+@click.option("--only-new", is_flag=True, help="Only items new or changed since the previous run, against the rest.")
+@click.option("--since", default=None, help="With --only-new: new since this ISO time instead.")
+@click.option("--use-phash", is_flag=True, help="Near pairs must also be close by perceptual hash.")
+@click.option("--phash-max-distance", type=int, default=16, show_default=True)
+@click.option("--keep", "keep_rule", type=click.Choice(["oldest", "largest", "most_complete"]),
+              default="oldest", show_default=True, help="Which item of a group to suggest keeping.")
+@click.option("--show", type=int, default=10, show_default=True, help="Print this many groups.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+@handle_errors
+def dedup_run_cmd(c: Ctx, catalogue: str, category: str | None, threshold: float | None,
+                  thresholds_file: Path | None, only_new: bool, since: str | None, use_phash: bool,
+                  phash_max_distance: int, keep_rule: str, show: int, as_json: bool) -> None:
+    """Find exact and near-duplicate groups in CATALOGUE (an id or a name), in this process,
+    with the active model's vectors; the run is stored for review."""
+    from tqdm import tqdm
+
+    from shared.db import dedup as store
+    from shared.db import services
+    from shared.dedup.calibrate import load_thresholds
+    from shared.dedup.run import DedupRequest, run_dedup
+
+    ensure_db(c)
+    per_category: dict[str, float] = {}
+    if thresholds_file is not None:
+        default, per_category = load_thresholds(thresholds_file)
+        threshold = threshold if threshold is not None else default
+    request = DedupRequest(category=category, only_new=only_new, since=since, threshold=threshold,
+                           thresholds=per_category, use_phash=use_phash,
+                           phash_max_distance=phash_max_distance, keep_rule=keep_rule)
+    with db_session(c) as session:
+        catalogue_id = _catalogue_id(session, catalogue)
+    bar = tqdm(total=0, desc="dedup", unit="item", leave=False, disable=as_json)
+
+    def progress(done: int, total: int) -> bool:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        return True
+
+    try:
+        report = run_dedup(c.settings, catalogue_id, request, progress=progress)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, default=str))
+        return
+    click.echo(report.summary())
+    with db_session(c) as session:
+        groups = store.page_dedup_groups(session, report.run_id, limit=max(show, 0))
+        items = services.get_items(session, [m.item_id for g in groups for m in g.members])
+    for g in groups:
+        tag = " new" if g.new_since_previous else ""
+        click.echo(f"group {g.id} {g.kind} {g.category or '-'} size {g.size}{tag}; keep item {g.representative_item_id}")
+        for m in g.members:
+            evidence = ("same bytes" if m.hash_equal else
+                        f"cos {m.cosine:.3f}" if m.cosine is not None else "cos -")
+            if m.phash_distance is not None:
+                evidence += f", phash {m.phash_distance}"
+            mark = "*" if m.item_id == g.representative_item_id else " "
+            click.echo(f"  {mark} {m.item_id:7d}  {evidence:28s} {items[m.item_id].external_key}")
+    if report.groups > len(groups):
+        click.echo(f"... `fir dedup export {report.run_id}` for all {report.groups}")
+
+
+@dedup_group.command("export")
+@click.argument("run_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: stdout.")
+@click.option("--include-dismissed", is_flag=True, help="Also groups dismissed (not a duplicate) before the run.")
+@pass_ctx
+@handle_errors
+def dedup_export_cmd(c: Ctx, run_id: int, fmt: str, out: Path | None, include_dismissed: bool) -> None:
+    """Write a stored run's groups (one CSV row per member, or JSON)."""
+    from shared.dedup.export import export_csv, export_json
+
+    ensure_db(c)
+    with db_session(c) as session:
+        text = (export_csv if fmt == "csv" else export_json)(session, run_id, include_dismissed=include_dismissed)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"run {run_id} written to {out}")
+
+
+@dedup_group.command("decide")
+@click.argument("group_id", type=int)
+@click.argument("decision", type=click.Choice(["confirmed", "not_duplicate", "keep_item"]))
+@click.option("--keep", "kept_item_id", type=int, default=None, help="keep_item: the member to keep.")
+@click.option("--by", "decided_by", default=None, help="Who decides (default: your login).")
+@click.option("--note", default=None)
+@pass_ctx
+@handle_errors
+def dedup_decide_cmd(c: Ctx, group_id: int, decision: str, kept_item_id: int | None, decided_by: str | None,
+                     note: str | None) -> None:
+    """Record a reviewer's decision on a group; it follows the group into later runs."""
+    import getpass
+
+    from shared.db import dedup as store
+
+    ensure_db(c)
+    with db_session(c) as session:
+        d = store.decide_dedup_group(session, group_id, decision, decided_by=decided_by or getpass.getuser(),
+                                     kept_item_id=kept_item_id, note=note)
+    click.echo(f"group {group_id}: {d.decision}" + (f" (keep item {d.kept_item_id})" if d.kept_item_id else ""))
+
+
+def _calibration_model(c: Ctx, model: str | None, image_size: int | None) -> tuple[Any, str, int, str]:
+    """(network, backbone, image size, description) for ``fir dedup calibrate --model``."""
+    from shared.vision.backbone import backbone_names, build_network
+    from shared.vision.modelfile import load_model
+
+    if model is None or model == "active":
+        from shared.db import services
+
+        ensure_db(c)
+        with db_session(c) as session:
+            active = services.get_active_model_version(session)
+        if active is not None and active.checkpoint_path:
+            model = active.checkpoint_path
+        elif model == "active":
+            from shared.errors import NotFound
+
+            raise NotFound("no active model version; use --model efficientnet_lite0 or a model file")
+        else:
+            model = "efficientnet_lite0"
+    if model in backbone_names():
+        net, used = build_network(model, "imagenet", 1)
+        return net, model, image_size or 224, f"{model} ({used})"
+    loaded = load_model(Path(model))
+    return loaded.net, loaded.meta.backbone, image_size or loaded.meta.image_size, f"model {loaded.model_id} ({model})"
+
+
+@dedup_group.command("calibrate")
+@dataset_options
+@click.option("--model", default=None,
+              help="'active' (the active model version: the default when there is one), a backbone name "
+                   "with ImageNet weights (efficientnet_lite0), or a FIR model file.")
+@click.option("--per-category", type=int, default=30, show_default=True,
+              help="Photos per category to copy with every transform (the positives).")
+@click.option("--distractors", type=int, default=60, show_default=True,
+              help="Other photos per category (more hard negatives).")
+@click.option("--transforms", default="jpeg,resize,crop,flip,colour,pad", show_default=True)
+@click.option("--target-precision", type=float, default=0.98, show_default=True)
+@click.option("--image-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Default: <home>/dedup-calibration.")
+@pass_ctx
+@handle_errors
+def dedup_calibrate_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_column: str,
+                        split_column: str, model: str | None, per_category: int, distractors: int,
+                        transforms: str, target_precision: float, image_size: int | None, seed: int,
+                        out: Path | None) -> None:
+    """Measure near-duplicate precision and recall on labelled pairs made from the dataset's own
+    photos (transformed copies vs other products of the same category) and suggest a cosine
+    threshold per category: writes thresholds.json (for `fir dedup --thresholds`), a
+    precision-recall curve PNG and the scored pairs (CSV)."""
+    import csv as csv_module
+    import random
+
+    import numpy as np
+    import torch
+
+    from shared.dedup.calibrate import (
+        calibrate,
+        draw_pr_curves,
+        precision_recall_at,
+        thresholds_json,
+    )
+    from shared.dedup.detect import DEFAULT_THRESHOLD
+    from shared.dedup.study import (
+        Photo,
+        build_study,
+        embedder_callable,
+        labelled_pairs,
+        pair_scores,
+    )
+    from shared.dedup.transforms import check_kinds
+
+    kinds = check_kinds([k.strip() for k in transforms.split(",") if k.strip()])
+    scan = _read(dataset, fmt, path_column, category_column, split_column)
+    by_cat: dict[str, list[Any]] = {}
+    for sample in scan.samples:
+        by_cat.setdefault(str(sample.category), []).append(sample)
+    rng = random.Random(seed)
+    sources: list[Photo] = []
+    others: list[Photo] = []
+    for cat in sorted(by_cat):
+        picked = rng.sample(by_cat[cat], min(len(by_cat[cat]), per_category + distractors))
+        photos = [Photo(s.key, s.path, cat) for s in picked]
+        sources.extend(photos[:per_category])
+        others.extend(photos[per_category:])
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    net, backbone, size, described = _calibration_model(c, model, image_size)
+    click.echo(f"features: {described}, {size} px; {len(sources)} photos x {len(kinds)} transforms, "
+               f"{len(others)} other photos")
+    embed = embedder_callable(net, backbone, size, device=c.settings.device)
+    t0 = time.perf_counter()
+    study = build_study(sources, others, embed, transforms=kinds, seed=seed)
+    pairs = labelled_pairs(study, seed=seed)
+    scores = pair_scores(study.vectors, pairs)
+    labels = np.asarray([p.duplicate for p in pairs])
+    choices, curves = calibrate(scores, labels, [p.category for p in pairs],
+                                target_precision=target_precision, fallback=DEFAULT_THRESHOLD)
+    out = out or c.store.root / "dedup-calibration"
+    out.mkdir(parents=True, exist_ok=True)
+    png = draw_pr_curves(curves, out / "pr_curve.png", chosen=choices, title=f"near-duplicates: {described}")
+    (out / "thresholds.json").write_text(json.dumps(
+        thresholds_json(choices, model=described, image_size=size, target_precision=target_precision,
+                        dataset=str(dataset), transforms=kinds, per_category=per_category), indent=2))
+    with open(out / "pairs.csv", "w", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["a", "b", "duplicate", "kind", "category", "cosine"])
+        for p, s in zip(pairs, scores.tolist(), strict=True):
+            writer.writerow([study.keys[p.a], study.keys[p.b], int(p.duplicate), p.kind, p.category, f"{s:.6f}"])
+    click.echo(f"{len(pairs)} labelled pairs in {time.perf_counter() - t0:.0f} s")
+    click.echo(f"{'category':14s} {'threshold':>9s} {'precision':>9s} {'recall':>7s} {'pos':>5s} {'neg':>5s}")
+    for cat, ch in choices.items():
+        click.echo(f"{'all' if cat == '*' else cat:14s} {ch.threshold:9.3f} {ch.precision:9.3f} {ch.recall:7.3f} "
+                   f"{ch.positives:5d} {ch.negatives:5d}")
+    click.echo(f"recall per transform at the default threshold {DEFAULT_THRESHOLD}:")
+    kinds_arr = np.asarray([p.kind for p in pairs])
+    for kind in kinds:
+        mask = kinds_arr == kind
+        _, recall, _, _ = precision_recall_at(scores[mask], labels[mask], DEFAULT_THRESHOLD)
+        click.echo(f"  {kind:8s} {recall:.3f}")
+    click.echo(f"thresholds: {out / 'thresholds.json'}\nPR curve:   {png}\npairs:      {out / 'pairs.csv'}")
+
+
 if __name__ == "__main__":
     main()

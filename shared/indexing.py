@@ -24,6 +24,7 @@ from shared.data.readers import DatasetScan, Sample, read_dataset
 from shared.db import listing, services
 from shared.db.catalogues import BadItem, ScannedItem
 from shared.db.session import session_scope
+from shared.dedup.phash import phash_file
 from shared.errors import BadImage, NotFound
 from shared.imaging import probe_image
 from shared.vision.embed import Embedder, EmbedResult, merge_results
@@ -90,8 +91,18 @@ def scan_samples(samples: Sequence[Sample], max_pixels: int,
         if s.split:
             meta = {**(meta or {}), "split": s.split}
         good.append(ScannedItem(key=s.key, sha256=sha, location=str(s.path), width=width, height=height,
-                                size_bytes=size, given_category=s.category, meta=meta))
+                                size_bytes=size, given_category=s.category, meta=meta,
+                                phash=_phash_or_none(s.path)))
     return good, bad
+
+
+def _phash_or_none(path: Path) -> str | None:
+    """The image's perceptual hash for dedup, decoded cheaply (JPEG at 1/8 scale where it can
+    be); None when it does not decode (embedding then records the image as bad)."""
+    try:
+        return phash_file(str(path))
+    except (BadImage, OSError):
+        return None
 
 
 def read_source(source_kind: str, source_path: str) -> DatasetScan | None:

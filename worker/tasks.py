@@ -25,7 +25,14 @@ from shared.errors import BadImage, FirError, InvalidTransition, NotFound
 from shared.imaging import load_image
 from shared.indexing import index_catalogue
 from worker.celery_app import app
-from worker.factory import TASK_HOUSEKEEPING, TASK_INDEX, TASK_NIGHTLY_REINDEX, TASK_QUERY, queue_of
+from worker.factory import (
+    TASK_DEDUP,
+    TASK_HOUSEKEEPING,
+    TASK_INDEX,
+    TASK_NIGHTLY_REINDEX,
+    TASK_QUERY,
+    queue_of,
+)
 from worker.holder import get_holder
 from worker.observability import EmbeddingMeter, record_embedding
 
@@ -287,3 +294,40 @@ def housekeeping() -> dict[str, int]:
         expired = hk.expire_query_results(session, now - timedelta(days=s.result_ttl_days))
         stuck = hk.fail_stuck_jobs(session, now - timedelta(seconds=s.task_hard_time_limit + 60))
     return {"expired_results": expired, "failed_stuck_jobs": stuck}
+
+
+# -- de-duplication ------------------------------------------------------------------------
+@app.task(name=TASK_DEDUP, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def run_dedup(self: Any, job_id: int) -> dict[str, Any]:
+    """Exact and near-duplicate groups of a catalogue with the active model's vectors (CPU)."""
+    from shared.dedup.run import Cancelled, DedupRequest
+    from shared.dedup.run import run_dedup as dedup_catalogue
+
+    s = settings()
+    if not _claim(job_id):
+        return {"skipped": job_id}
+    with session_scope(s) as session:
+        job = services.get_job(session, job_id)
+    params = dict(job.params or {})
+    try:
+        catalogue_id = int(params.pop("catalogue_id"))
+
+        def progress(done: int, total: int) -> bool:
+            with session_scope(s) as session:
+                return services.update_job_progress(session, job_id, done, total)
+
+        report = dedup_catalogue(s, catalogue_id, DedupRequest.from_params(params), job_id=job_id,
+                                 progress=progress)
+    except Cancelled:
+        log.info("dedup job %d cancelled", job_id)
+        return {"cancelled": job_id}
+    except TRANSIENT:
+        with session_scope(s) as session:
+            services.transition_job(session, job_id, "queued")  # redelivered by the retry
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
+        log.exception("dedup job %d failed", job_id)
+        _fail(job_id, exc)
+        return {"failed": job_id}
+    _finish(job_id, "succeeded", result={"dedup_run_id": report.run_id, **report.as_dict()})
+    return {"dedup_run_id": report.run_id}

@@ -32,6 +32,7 @@ from api.schemas import (
 from shared.data.readers import Sample
 from shared.db import listing, services
 from shared.db.catalogues import ScannedItem
+from shared.dedup.phash import phash
 from shared.errors import InvalidInput, NotFound
 from shared.imaging import load_image, probe_image
 from shared.indexing import scan_samples
@@ -188,7 +189,8 @@ def add_items(catalogue_id: int, form: dict[str, Any]) -> tuple[dict[str, Any], 
     with db() as session:
         result = services.upsert_items(session, catalogue_id, [ScannedItem(
             key=key, sha256=sha, location=str(path), width=image.width, height=image.height,
-            size_bytes=len(data), given_category=form.get("category"), meta=meta)])
+            size_bytes=len(data), given_category=form.get("category"), meta=meta,
+            phash=phash(image))])
         items = [services.get_item(session, result.ids_by_key[key])]
         out_items = [item_out(i) for i in items]
     job_id = _enqueue_index(catalogue_id) if result.needs_embedding else None

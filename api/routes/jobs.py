@@ -17,10 +17,30 @@ bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 INLINE_RESULTS = 100
 
 
-def _hits(result: Any) -> list[dict[str, Any]]:
-    return [{"rank": h.rank, "item_id": h.item_id, "key": h.external_key, "score": h.score,
+def _hits(result: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    hits = [{"rank": h.rank, "item_id": h.item_id, "key": h.external_key, "score": h.score,
              "category": h.category, "image_url": url_for("catalogues.item_image", item_id=h.item_id)}
             for h in result.hits]
+    return flag_duplicates(hits, params)
+
+
+def flag_duplicates(hits: list[dict[str, Any]], params: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A query with a ``duplicate_threshold`` ("is this already in my catalogue?") flags each hit
+    whose cosine reaches it, or whose bytes are the query's (``exact_item_ids``)."""
+    threshold = (params or {}).get("duplicate_threshold")
+    if threshold is None:
+        return hits
+    exact = set((params or {}).get("exact_item_ids") or [])
+    for h in hits:
+        h["is_duplicate"] = h["item_id"] in exact or h["score"] >= float(threshold)
+    return hits
+
+
+def duplicate_summary(hits: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    exact = list(params.get("exact_item_ids") or [])
+    matches = [h["item_id"] for h in hits if h.get("is_duplicate")]
+    return {"threshold": params["duplicate_threshold"], "is_duplicate": bool(matches or exact),
+            "duplicate_item_ids": sorted(set(matches) | set(exact)), "exact_item_ids": exact}
 
 
 def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]:
@@ -35,8 +55,10 @@ def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]
     if with_results and job.type == "query" and job.status == "succeeded":
         result = services.get_query_results(session, job.id)
         if result is not None:
-            hits = _hits(result)
+            hits = _hits(result, job.params)
             out["results"] = hits[:INLINE_RESULTS]
+            if (job.params or {}).get("duplicate_threshold") is not None:
+                out["duplicate"] = duplicate_summary(hits, job.params or {})
             out["routing"] = {"mode": result.routing, "categories": result.routed_categories,
                               "probabilities": result.probabilities}
             out["model_version"] = {"id": result.model_version_id, "model_id": result.model_id}
@@ -64,7 +86,7 @@ def job_results(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
         if job.type != "query" or job.status != "succeeded":
             raise Conflict(f"job {job_id} has no results (type {job.type}, status {job.status})")
         result = services.get_query_results(session, job_id)
-        hits = _hits(result) if result else []
+        hits = _hits(result, job.params) if result else []
     start, size = query["offset"], query["limit"]
     page = hits[start : start + size]
     return {"job_id": job_id, "total": len(hits), "offset": start, "results": page,

@@ -50,6 +50,10 @@ def _common(data: dict[str, Any]) -> dict[str, Any]:
     params = {"catalogue_id": cat.id, "k": data["k"], "metric": data["metric"], "routing": data["routing"],
               "category": data.get("category"), "threshold": data.get("threshold")}
     _validate_category(params)
+    if data.get("duplicate_threshold") is not None:
+        if params["metric"] != "cosine":
+            raise InvalidInput("duplicate_threshold is a cosine similarity: use metric 'cosine'")
+        params["duplicate_threshold"] = data["duplicate_threshold"]
     return params
 
 
