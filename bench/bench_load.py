@@ -3,8 +3,8 @@
     python -m bench.bench_load [--queries 1000] [--clients 16] [--base http://127.0.0.1:8000 --catalogue NAME]
 
 Without ``--base`` it sets up a fresh embedded-default home (SQLite, filesystem broker; a
-ResNet50 with random weights at 224 px, its router, a generated catalogue indexed, as
-bench_service does), starts a worker and the API (gunicorn) and loads that. Each client
+ResNet50 with random weights at --image-size px, default 64, its router, a generated
+catalogue indexed), starts a worker and the API (gunicorn) and loads that. Each client
 submits a query, polls its job until it is finished, and submits the next. Prints p50 / p95 /
 p99 of the end-to-end latency (submit -> succeeded) and the throughput, and exits non-zero
 unless every query was accepted and every accepted job succeeded (no errors, none lost).
@@ -65,12 +65,12 @@ def _images(n: int, size: int = 96) -> list[bytes]:
     return out
 
 
-def run_load(base: str, catalogue: str, queries: int, clients: int, timeout_s: float = 600,
+def run_load(base: str, catalogue: str, queries: int, clients: int, timeout_s: float | None = None,
              headers: dict[str, str] | None = None) -> LoadReport:
     report = LoadReport()
     lock = threading.Lock()
     images = _images(16)
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + (timeout_s if timeout_s is not None else max(600.0, 3.0 * queries))
 
     def one(n: int) -> None:
         session = requests.Session()
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="a running FIR (default: start one in a temporary home)")
     parser.add_argument("--catalogue", default="bench")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--image-size", type=int, default=64, help="model input size of the started service")
     args = parser.parse_args()
     headers = {"X-API-Key": args.api_key} if args.api_key else None
     from bench._common import machine_header
@@ -125,13 +126,23 @@ def main() -> None:
     else:
         import socket
 
-        from bench.bench_service import setup_home, start, stop, wait_ready
+        from bench.bench_service import sh, start, stop, wait_ready
+        from shared.data.synthetic import generate_catalogue
 
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp) / "home"
             env = {k: v for k, v in os.environ.items() if not k.startswith("FIR_")}
             env.update(FIR_HOME=str(home), FIR_LOADER_WORKERS="0", FIR_WORKER_HEARTBEAT_S="2")
-            setup_home(home, env)
+            # a small model (random weights, --image-size px): the load is on the service
+            cat = generate_catalogue(home / "catalogue", size=args.image_size,
+                                     per_category={"train": 20, "val": 4, "test": 4})
+            size = str(args.image_size)
+            sh("db", "upgrade", env=env)
+            sh("train", "--dataset", str(cat), "--weights", "none", "--epochs", "0", "--image-size", size, env=env)
+            sh("extract", "--dataset", str(cat), "--splits", "train,val", env=env)
+            sh("train-router", "--cv", "2", env=env)
+            sh("models", "activate", env=env)
+            sh("index", str(cat), "--name", args.catalogue, env=env)
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
@@ -139,7 +150,8 @@ def main() -> None:
             try:
                 base = f"http://127.0.0.1:{port}"
                 wait_ready(base)
-                print(f"service: embedded default (SQLite, filesystem broker) at {base}, 1 worker, 2 API workers")
+                print(f"service: embedded default (SQLite, filesystem broker) at {base}, 1 worker, 2 API workers, "
+                      f"ResNet50 at {args.image_size} px")
                 report = run_load(base, args.catalogue, args.queries, args.clients, headers=headers)
             finally:
                 stop(procs)
