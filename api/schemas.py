@@ -154,6 +154,7 @@ class JobOut(Schema):
     model_version = Dict(allow_none=True)
     results_url = String(allow_none=True)
     elapsed_ms = Float(allow_none=True)
+    batch = List(Dict(), allow_none=True, metadata={"description": "the batch form: one entry per file"})
     duplicate = Dict(allow_none=True)
 
 

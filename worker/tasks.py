@@ -174,38 +174,55 @@ def answer_queries(job_ids: list[int]) -> None:
                 _fail(j, exc)
             continue
         engine = snap.engine
-        vectors: dict[int, np.ndarray] = {}
+        vectors: dict[int, np.ndarray] = {}  # job -> [n_inputs, d]
         images = []
-        image_jobs = []
+        owners: list[int] = []
         for j in ids:
             params = jobs[j].params or {}
             try:
                 if params.get("item_id") is not None:
-                    vectors[j] = _item_vector(snap, int(params["item_id"]))
+                    vectors[j] = _item_vector(snap, int(params["item_id"]))[None, :]
                 else:
-                    images.append(load_image(Path(params["upload"]), max_pixels=s.max_image_pixels))
-                    image_jobs.append(j)
+                    paths = params.get("uploads") or [params["upload"]]
+                    loaded = [load_image(Path(p), max_pixels=s.max_image_pixels) for p in paths]
+                    images.extend(loaded)
+                    owners.extend([j] * len(loaded))
             except (BadImage, FirError) as exc:
                 _fail(j, exc)
         if images:
             t_embed = time.perf_counter()
-            embedded = engine.embedder.embed_images(images, batch_size=max(len(images), 1))
+            embedded = engine.embedder.embed_images(images, batch_size=min(len(images), 32))
             record_embedding("query", len(images), time.perf_counter() - t_embed)
-            vectors.update({j: embedded[n] for n, j in enumerate(image_jobs)})
+            rows_of: dict[int, list[int]] = defaultdict(list)
+            for n, j in enumerate(owners):
+                rows_of[j].append(n)
+            vectors.update({j: embedded[rows] for j, rows in rows_of.items()})
         embed_ms = (time.perf_counter() - t0) * 1000
         for j, vec in vectors.items():
             params = jobs[j].params or {}
             try:
                 category = params.get("category")
-                answer = engine.query_vectors(
-                    vec[None, :], k=int(params.get("k", 10)), metric=params.get("metric", "cosine"),
+                answers = engine.query_vectors(
+                    vec, k=int(params.get("k", 10)), metric=params.get("metric", "cosine"),
                     routing=params.get("routing", "svm-fallback"),
-                    categories=[category] if category else None,
+                    categories=[category] * len(vec) if category else None,
                     threshold=float(params.get("threshold") or s.fallback_threshold),
-                )[0]
+                )
+                elapsed = embed_ms / max(len(ids), 1)
                 with session_scope(s, immediate=True) as session:
                     if services.get_job(session, j).status != "running":
                         continue  # cancelled while it ran
+                    if params.get("uploads"):
+                        services.transition_job(session, j, "succeeded", result={
+                            "model_version_id": snap.version.version_id,
+                            "model_id": snap.version.model.model_id,
+                            "batch": [{"index": n,
+                                       "item_ids": [int(snap.item_ids[m.index]) for m in a.matches],
+                                       "scores": [m.score for m in a.matches],
+                                       "routed_categories": a.route or [], "probabilities": a.probabilities}
+                                      for n, a in enumerate(answers)]})
+                        continue
+                    answer = answers[0]
                     services.write_query_results(
                         session, j,
                         item_ids=[int(snap.item_ids[m.index]) for m in answer.matches],
@@ -214,7 +231,7 @@ def answer_queries(job_ids: list[int]) -> None:
                         metric=params.get("metric", "cosine"), k=int(params.get("k", 10)),
                         routed_categories=answer.route or [], probabilities=answer.probabilities,
                         routing=params.get("routing"),
-                        elapsed_ms=embed_ms / max(len(ids), 1) + sum(answer.timings_ms.values()),
+                        elapsed_ms=elapsed + sum(answer.timings_ms.values()),
                     )
                     services.transition_job(session, j, "succeeded")
             except InvalidTransition:

@@ -43,16 +43,37 @@ def duplicate_summary(hits: list[dict[str, Any]], params: dict[str, Any]) -> dic
             "duplicate_item_ids": sorted(set(matches) | set(exact)), "exact_item_ids": exact}
 
 
+def batch_out(session: Any, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch form's answers, one per input file in order, with item keys and categories."""
+    ids = {i for entry in result["batch"] for i in entry["item_ids"]}
+    items = services.get_items(session, sorted(ids))
+    out = []
+    for entry in result["batch"]:
+        hits = []
+        for rank, (item_id, score) in enumerate(zip(entry["item_ids"], entry["scores"], strict=True), start=1):
+            item = items.get(item_id)
+            hits.append({"rank": rank, "item_id": item_id, "key": item.external_key if item else None,
+                         "score": score,
+                         "category": (item.given_category or item.predicted_category) if item else None,
+                         "image_url": url_for("catalogues.item_image", item_id=item_id)})
+        out.append({"index": entry["index"], "results": hits,
+                    "routing": {"categories": entry["routed_categories"], "probabilities": entry["probabilities"]}})
+    return out
+
+
 def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": job.id, "type": job.type, "status": job.status, "catalogue_id": job.catalogue_id,
         "progress": {"done": job.progress_done, "total": job.progress_total},
-        "params": {k: v for k, v in (job.params or {}).items() if k != "upload"},
+        "params": {k: v for k, v in (job.params or {}).items() if k not in ("upload", "uploads")},
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "result": job.result if job.type != "query" else None,
     }
-    if with_results and job.type == "query" and job.status == "succeeded":
+    if with_results and job.type == "query" and job.status == "succeeded" and (job.result or {}).get("batch"):
+        out["batch"] = batch_out(session, job.result)
+        out["model_version"] = {"id": job.result.get("model_version_id"), "model_id": job.result.get("model_id")}
+    elif with_results and job.type == "query" and job.status == "succeeded":
         result = services.get_query_results(session, job.id)
         if result is not None:
             hits = _hits(result, job.params)

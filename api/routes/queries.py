@@ -19,6 +19,9 @@ from worker.factory import TASK_QUERY
 
 bp = APIBlueprint("queries", __name__, url_prefix="/api/v1", tag="Queries")
 
+MAX_BATCH = 64  # files in one batch query
+MAX_BATCH_K = 1000
+
 
 def _validate_category(params: dict[str, Any]) -> None:
     if params["routing"] == "label" and not params.get("category"):
@@ -62,7 +65,8 @@ def _common(data: dict[str, Any]) -> dict[str, Any]:
 @bp.output(JobAccepted, status_code=202)
 @bp.doc(description="Multipart `file` plus the query parameters; or a JSON body with `item_id` instead "
                     "of a file (see QueryJsonIn). An `Idempotency-Key` header makes a retried "
-                    "submission return the same job.")
+                    "submission return the same job. The batch form repeats `file` (up to 64): one "
+                    "job answers every file, its results under `batch` in input order.")
 def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     s = fir_settings()
     key = _idempotency_key()
@@ -72,14 +76,28 @@ def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, s
             known = services.get_job_by_idempotency_key(session, key)
         if known is not None:
             return {"job_id": known.id}, 202, {"Location": job_url(known.id)}
-    data = read_upload(form["file"])
-    load_image(data, max_pixels=s.max_image_pixels)  # refuse bad images before anything is written
-    fmt = probe_image(data, max_pixels=s.max_image_pixels)[0]
+    files = request.files.getlist("file") or [form["file"]]
+    if len(files) > MAX_BATCH:
+        raise InvalidInput(f"a batch query takes at most {MAX_BATCH} files, got {len(files)}")
+    if len(files) > 1 and params["k"] > MAX_BATCH_K:
+        raise InvalidInput(f"k is at most {MAX_BATCH_K} in a batch query")
+    # Every file is read and fully decoded before anything is written.
+    blobs = []
+    for f in files:
+        data = read_upload(f)
+        load_image(data, max_pixels=s.max_image_pixels)
+        blobs.append((data, probe_image(data, max_pixels=s.max_image_pixels)[0]))
     folder = s.resolved_home() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}{EXTENSIONS.get(fmt, '.img')}"
-    path.write_bytes(data)
-    params["upload"] = str(path)
+    paths = []
+    for data, fmt in blobs:
+        path = folder / f"{uuid.uuid4().hex}{EXTENSIONS.get(fmt, '.img')}"
+        path.write_bytes(data)
+        paths.append(str(path))
+    if len(paths) == 1:
+        params["upload"] = paths[0]
+    else:
+        params["uploads"] = paths  # the batch form: many files, one job
     return submit(params, key)
 
 

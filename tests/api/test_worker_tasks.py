@@ -113,3 +113,34 @@ def test_housekeeping_expires_results_and_fails_stuck_jobs(api: ApiEnv, tasks: A
     assert job["status"] == "failed" and job["error"]["code"] == "stuck"
     assert "results" not in api.client.get(f"/api/v1/jobs/{done}").get_json() or \
         api.client.get(f"/api/v1/jobs/{done}").get_json()["results"] is None
+
+
+def test_batch_form_answers_every_file_in_one_job(api: ApiEnv, tasks: Any) -> None:
+    files = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (60 * i, 20, 90)).save(buf, "JPEG")
+        buf.seek(0)
+        files.append((buf, f"q{i}.jpg"))
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "k": "3", "routing": "none", "file": files})
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["job_id"]
+    tasks.run_query.run(job_id)
+    job = api.client.get(f"/api/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded", job
+    assert [b["index"] for b in job["batch"]] == [0, 1, 2]
+    assert all(len(b["results"]) == 3 and b["results"][0]["key"] for b in job["batch"])
+    assert job["model_version"]["id"] == api.version_id
+    # each file's answer is the single-file answer for the same image
+    files[1][0].seek(0)
+    single = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                             data={"catalogue": "demo", "k": "3", "routing": "none", "file": files[1]})
+    single_id = single.get_json()["job_id"]
+    tasks.run_query.run(single_id)
+    one = api.client.get(f"/api/v1/jobs/{single_id}").get_json()
+    assert [r["item_id"] for r in one["results"]] == [r["item_id"] for r in job["batch"][1]["results"]]
+    too_many = [(io.BytesIO(b"x"), f"{i}.jpg") for i in range(65)]
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "file": too_many})
+    assert resp.status_code == 400 and "at most 64 files" in resp.get_json()["error"]["message"]
