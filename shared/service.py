@@ -29,9 +29,10 @@ def process_commands(settings: Settings, queues: str = "gpu,cpu", api_workers: i
         "worker": [_bin("celery"), "-A", "worker.celery_app", "worker", "-Q", queues, "-c", str(concurrency),
                    "--loglevel", "INFO", "-n", f"fir-worker-{os.getpid()}@%h"],
         "beat": [_bin("celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO"],
-        # No gunicorn access log: the app writes one JSON line per request, with its request id.
-        "api": [_bin("gunicorn"), "-w", str(api_workers), "-b", f"{settings.api_host}:{settings.api_port}",
-                "--timeout", "120", "api.wsgi:app"],
+        # gunicorn's own lines in the app's log format; no gunicorn access log (the app writes one
+        # line per request, with its request id): api/gunicorn_conf.py.
+        "api": [_bin("gunicorn"), "-c", "python:api.gunicorn_conf", "-w", str(api_workers),
+                "-b", f"{settings.api_host}:{settings.api_port}", "--timeout", "120", "api.wsgi:app"],
     }
 
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from shared.config import Settings
-from tests.integration.test_service import BIN, _env, _free_port, _start, _stop, prepare, wait_for
+from tests.integration.test_service import _env, _free_port, _start, _stop, prepare, wait_for
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = Path(os.environ.get("FIR_CHROMIUM", "/usr/bin/chromium"))
@@ -99,14 +99,13 @@ def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
     metrics_port = _free_port()
     env.update(FIR_LOG_FORMAT="json", FIR_WORKER_METRICS_PORT=str(metrics_port))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    from shared.service import api_metrics_env
+    from shared.service import api_metrics_env, process_commands
 
     port = _free_port()
     logs = [home / "worker.log", home / "api.log"]
-    worker = _start([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1",
-                     "--loglevel", "INFO", "-n", f"e2e-worker-{os.getpid()}@%h"], env, logs[0])
-    api = _start([str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "api.wsgi:app"],
-                 api_metrics_env(settings, env), logs[1])
+    commands = process_commands(Settings(home=home, api_port=port))  # what `fir up` runs
+    worker = _start(commands["worker"], env, logs[0])
+    api = _start(commands["api"], api_metrics_env(settings, env), logs[1])
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, 180, "readiness", logs)

@@ -66,5 +66,6 @@ def test_metrics_and_logs(live: Live) -> None:
     in_tasks = [r for r in worker_lines if r.get("job_id") in job_ids]
     assert in_tasks and all(r.get("task_id") for r in in_tasks), "records inside a task carry job and task ids"
     api_lines = json_lines(live.logs[1])
+    assert any(r.get("logger") == "gunicorn.error" for r in api_lines), "gunicorn's own lines are JSON too"
     access = [r for r in api_lines if r.get("logger") == "fir.access" and r.get("request_id", "").startswith("e2e-req-")]
     assert len(access) == 4 and all(r["status"] == 202 and r["route"] == "/api/v1/queries" for r in access)
