@@ -14,6 +14,8 @@ from typing import Any
 
 MODE_COLOURS = {"label": "#1f6fb4", "svm": "#e07b12", "svm-fallback": "#22a03c", "none": "#7a7a7a"}
 EXTRA_COLOURS = ("#9c4dc4", "#c43d6b", "#3b9fb0", "#8a6d1e")
+# Dashes keep lines that lie on each other (routed modes often do) all visible.
+MODE_DASHES = {"svm": "7 4", "svm-fallback": "2 3"}
 
 WIDTH, HEIGHT = 520, 320
 LEFT, RIGHT, TOP, BOTTOM = 58, 130, 34, 46
@@ -146,8 +148,9 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
     for n, (name, p) in enumerate(pts.items()):
         c = colour(name, n)
         path = " ".join(f"{'M' if i == 0 else 'L'}{_num(sx(x))},{_num(sy(y))}" for i, (x, y) in enumerate(p))
+        dash = MODE_DASHES.get(name)
         parts.append(f'<path class="series" data-series="{escape(name)}" d="{path}" fill="none" stroke="{c}" '
-                     f'stroke-width="2"/>')
+                     f'stroke-width="2"' + (f' stroke-dasharray="{dash}"' if dash else "") + "/>")
         for x, y in p:
             parts.append(f'<circle cx="{_num(sx(x))}" cy="{_num(sy(y))}" r="2.8" fill="{c}">'
                          f"<title>{escape(name)}: {x:g}, {y:.4g}</title></circle>")
