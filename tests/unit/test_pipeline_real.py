@@ -19,7 +19,8 @@ PER_SPLIT = {"train": 8, "validation": 3, "test": 4}
 
 def _subset_manifest(shared_data: Path, out: Path) -> Path:
     root = shared_data / "clothing_dataset_small"
-    rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     chosen = []
     for split, n in PER_SPLIT.items():
         for cat in ("dress", "shirt", "toptee"):
