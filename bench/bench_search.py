@@ -88,6 +88,10 @@ def main() -> None:
     ap.add_argument("--exact-queries", type=int, default=30, help="single exact queries timed (slow at 1M)")
     ap.add_argument("--ef", default="64,128,256", help="efSearch values measured")
     ap.add_argument("--fp16", default="10000x2048,77000x2048", help="sizes that also get an fp16-stored graph")
+    ap.add_argument("--pca", default="", help="sizes that also get a PCA-compacted graph (re-ranked exactly)")
+    ap.add_argument("--pca-dim", type=int, default=256)
+    ap.add_argument("--rerank", type=int, default=64)
+    ap.add_argument("--no-fp32-graph", action="store_true", help="skip the plain fp32 graph (exact rows still run)")
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--k", type=int, default=10)
@@ -98,6 +102,7 @@ def main() -> None:
           f"{args.queries} single queries (exact: {args.exact_queries})\n", flush=True)
     efs = [int(e) for e in args.ef.split(",")]
     fp16_plan = set(args.fp16.split(",")) if args.fp16 else set()
+    pca_plan = set(args.pca.split(",")) if args.pca else set()
     k = args.k
     rows: list[str] = []
     for spec in args.plan.split(","):
@@ -105,11 +110,16 @@ def main() -> None:
         vectors, cats = make_vectors(n, d, seed=n)
         queries, qcats = make_vectors(args.queries, d, seed=n + 1)
         routes = [(c,) for c in qcats]
-        storages = ["fp32", "fp16"] if spec in fp16_plan else ["fp32"]
-        for storage in storages:
+        common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction}
+        variants: list[tuple[str, IndexOptions]] = [("fp32", IndexOptions(**common))]
+        if spec in fp16_plan:
+            variants.append(("fp16", IndexOptions(**common, storage="fp16")))
+        if spec in pca_plan:
+            variants.append((f"PCA{args.pca_dim} + rerank {args.rerank}",
+                             IndexOptions(**common, pca_dim=args.pca_dim, rerank=args.rerank)))
+        for storage, opts in variants:
             gc.collect()
             rss0 = rss_mb()
-            opts = IndexOptions(ann="hnsw", hnsw_m=args.m, ef_construction=args.ef_construction, storage=storage)  # type: ignore[arg-type]
             t0 = time.perf_counter()
             index = ShardedIndex(vectors, cats, "cosine", options=opts)
             build = time.perf_counter() - t0
@@ -131,7 +141,8 @@ def main() -> None:
                     exact_mb = n * d * 4 / 1e6
                     rows.append(f"| {label} | exact fp32, {blas} | - | {p50:.2f} | {p90:.2f} | 1.000 | {u50:.2f} | 1.000 "
                                 f"| {exact_mb:,.0f} | {exact_mb / n * 1e6 / 1e3:.2f} | - |")
-            for ef in efs:
+            graph_efs = [] if (storage == "fp32" and args.no_fp32_graph) else efs
+            for ef in graph_efs:
                 p50, p90, got = time_single(index, queries, routes, k, args.queries, ef=ef)
                 u50, _, got_all = time_single(index, queries, None, k, args.queries, ef=ef)
                 r = recall_at(got, truth_routed)

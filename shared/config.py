@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     search_ef_construction: int = 80
     search_ef_search: int = 128
     search_ann_storage: Literal["fp32", "fp16"] = "fp32"  # fp16: half the memory
+    # PCA compaction of the graphs: built over vectors projected to this many dimensions, the
+    # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.
+    search_pca_dim: int = 0
+    search_rerank: int = 64
 
     # Observability (operators): logs, metrics
     log_format: Literal["json", "text"] = "json"  # service processes; `fir` at a terminal logs text

@@ -63,6 +63,12 @@ class IndexOptions:
     ef_search: int = 128  # candidates kept per query; recall grows with it, latency too
     storage: Storage = "fp32"  # fp16: half the memory; scores rounded to float16 precision
     max_ann_k: int = 256  # a larger k is answered by the exact scan
+    # PCA compaction: the graph is built over the vectors projected to ``pca_dim`` dimensions
+    # (L2, trained on the shard), and the ``rerank`` best candidates of a query are re-scored
+    # exactly with the full float32 vectors (kept once, for the re-ranking and exact scans).
+    # Distances in the graph cost pca_dim/d of a full one. None: off.
+    pca_dim: int | None = None
+    rerank: int = 64
 
     def __post_init__(self) -> None:
         if self.ann not in ANN_MODES:
@@ -71,13 +77,16 @@ class IndexOptions:
             raise InvalidInput(f"unknown ann storage {self.storage!r} (expected one of {', '.join(STORAGES)})")
         if self.ann_threshold < 1 or self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
             raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive")
+        if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1:
+            raise InvalidInput("pca_dim and rerank must be positive")
 
     @classmethod
     def from_settings(cls, settings: Any) -> IndexOptions:
         """The options named ``search_*`` in :class:`shared.config.Settings`."""
         return cls(ann=settings.search_ann, ann_threshold=settings.search_ann_threshold,
                    hnsw_m=settings.search_hnsw_m, ef_construction=settings.search_ef_construction,
-                   ef_search=settings.search_ef_search, storage=settings.search_ann_storage)
+                   ef_search=settings.search_ef_search, storage=settings.search_ann_storage,
+                   pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank)
 
     def wants_ann(self, shard_size: int) -> bool:
         if self.ann == "exact":
@@ -116,20 +125,37 @@ class HnswShard:
         self.dim = int(d)
         self.storage: Storage = options.storage
         self.ef_search = options.ef_search
+        self.rerank = options.rerank
         self._faiss = faiss
-        fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-        if options.storage == "fp16":
-            index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, options.hnsw_m, fmetric)
-            index.train(x[: min(n, 1000)])  # fp16 codes need no statistics; faiss wants the call
+        self.pca: Any = None
+        self.full: FloatArray | None = None  # the full vectors, when the graph holds projections
+        if options.pca_dim is not None and options.pca_dim < d:
+            pca = faiss.PCAMatrix(d, options.pca_dim)
+            pca.train(x[:: max(1, n // 50_000)])  # at most about 50,000 training vectors
+            self.pca = pca
+            self.full = x  # not a copy: the caller's (contiguous) array is kept
+            graph_vectors = pca.apply(x)
+            # the projection keeps L2 distances (centring does not change them); for unit
+            # vectors L2 ranks as cosine does, so the graph is L2 and the re-ranking exact
+            fmetric = faiss.METRIC_L2
         else:
-            index = faiss.IndexHNSWFlat(d, options.hnsw_m, fmetric)
+            graph_vectors = x
+            fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+        gd = graph_vectors.shape[1]
+        if options.storage == "fp16":
+            index = faiss.IndexHNSWSQ(gd, faiss.ScalarQuantizer.QT_fp16, options.hnsw_m, fmetric)
+            index.train(graph_vectors[: min(n, 1000)])  # fp16 codes need no statistics; faiss wants the call
+        else:
+            index = faiss.IndexHNSWFlat(gd, options.hnsw_m, fmetric)
         index.hnsw.efConstruction = options.ef_construction
-        index.add(x)
+        index.add(graph_vectors)
         self.index = index
 
     def stored(self) -> npt.NDArray[Any]:
-        """The vectors as the index stores them, ``[n, d]`` float32 or float16: a view of
-        faiss's memory (valid while this object lives), not a copy."""
+        """The shard's vectors, ``[n, d]`` float32 (or float16 under an fp16 graph without
+        PCA): a view of faiss's memory or of the kept array, not a copy."""
+        if self.full is not None:
+            return self.full
         storage = self._faiss.downcast_index(self.index.storage)
         codes = storage.codes
         raw = self._faiss.rev_swig_ptr(codes.data(), codes.size())
@@ -137,18 +163,42 @@ class HnswShard:
         return np.asarray(raw).view(dtype).reshape(self.size, self.dim)
 
     def nbytes(self) -> int:
-        """Memory held by the index: the stored vectors and the graph."""
+        """Memory held: the graph's stored vectors (or projections), the graph, the full
+        vectors when the graph holds projections."""
         hnsw = self.index.hnsw
-        return int(self.index.storage.sa_code_size() * self.size + hnsw.neighbors.size() * 4
-                   + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
+        total = int(self.index.storage.sa_code_size() * self.size + hnsw.neighbors.size() * 4
+                    + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
+        if self.full is not None:
+            total += self.full.nbytes + self.pca.d_in * self.pca.d_out * 4
+        return total
 
     def search(self, q: FloatArray, k: int, ef_search: int | None = None) -> tuple[IntArray, FloatArray]:
         """Local row indices and costs (smaller is better: ``-similarity`` for cosine, squared
         distance for euclidean), ``[m, k]`` sorted; missing neighbours are ``-1`` / ``inf``."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
         params = self._faiss.SearchParametersHNSW()
-        params.efSearch = max(int(ef_search or self.ef_search), k)
-        dist, idx = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
-        cost = -dist if self.metric == "cosine" else np.maximum(dist, 0.0)
+        if self.pca is None:
+            params.efSearch = max(int(ef_search or self.ef_search), k)
+            dist, idx = self.index.search(q, k, params=params)
+            cost = -dist if self.metric == "cosine" else np.maximum(dist, 0.0)
+            cost = cost.astype(np.float32, copy=False)
+            cost[idx < 0] = np.inf
+            return idx.astype(np.int64, copy=False), cost
+        assert self.full is not None
+        kk = min(max(k, self.rerank), self.size)
+        params.efSearch = max(int(ef_search or self.ef_search), kk)
+        _, cand = self.index.search(self.pca.apply(q), kk, params=params)
+        cand = cand.astype(np.int64, copy=False)
+        vecs = self.full[np.maximum(cand, 0)]  # [m, kk, d]
+        if self.metric == "cosine":
+            cost = -np.einsum("mkd,md->mk", vecs, q)
+        else:
+            diff = vecs - q[:, None, :]
+            cost = np.einsum("mkd,mkd->mk", diff, diff)
         cost = cost.astype(np.float32, copy=False)
-        cost[idx < 0] = np.inf
-        return idx.astype(np.int64, copy=False), cost
+        cost[cand < 0] = np.inf
+        order = np.argsort(cost, axis=1, kind="stable")[:, :k]
+        idx = np.take_along_axis(cand, order, axis=1)
+        cost = np.take_along_axis(cost, order, axis=1)
+        idx[~np.isfinite(cost)] = -1
+        return idx, cost

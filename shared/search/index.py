@@ -135,12 +135,15 @@ class ShardedIndex:
                 shard.vectors = shard.ann.stored()  # the graph's copy; the slice of ``base`` goes
             self._shards[cat] = shard
         self._all: _Shard | None = None
-        if any(sh.ann is not None for sh in self._shards.values()):
-            # the shards own their vectors now: keep only the slices of exact shards
+        if any(sh.ann is not None for sh in self._shards.values()) and opts.pca_dim is None:
+            # the graphs own their shards' vectors now: copy out the slices of exact shards,
+            # so that ``base`` is freed (under PCA the graphs keep slices of ``base`` instead)
             for sh in self._shards.values():
                 if sh.ann is None:
                     sh.vectors = np.ascontiguousarray(sh.vectors).copy()
                     sh.sq_norms = sh.sq_norms.copy()
+            del base
+        elif any(sh.ann is not None for sh in self._shards.values()):
             del base
         else:
             self._all = _Shard(rows=order, vectors=base, sq_norms=sq_norms)

@@ -123,3 +123,25 @@ def test_bad_options_raise() -> None:
         IndexOptions(storage="int8")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         IndexOptions(ann_threshold=0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_pca_graph_with_exact_rerank(metric: str) -> None:
+    """A graph over PCA projections, candidates re-scored with the full vectors: the scores
+    are the exact ones, the answers those of the exact index."""
+    rng = np.random.default_rng(5)
+    basis = rng.normal(size=(8, 64))
+    vectors = (rng.normal(size=(3000, 8)) @ basis + 0.05 * rng.normal(size=(3000, 64))).astype(np.float32)
+    cats = [("dress", "shirt", "toptee")[i % 3] for i in range(3000)]
+    queries = (rng.normal(size=(30, 8)) @ basis).astype(np.float32)
+    exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
+    pca = ShardedIndex(vectors, cats, metric, options=IndexOptions(ann="hnsw", pca_dim=16, rerank=40))  # type: ignore[arg-type]
+    for routes in (None, [("shirt",)] * 30):
+        ref = exact.search(queries, 10, routes)
+        got = pca.search(queries, 10, routes)
+        assert recall(got.indices, ref.indices) >= 0.99
+        same = got.indices == ref.indices
+        np.testing.assert_allclose(got.scores[same], ref.scores[same], rtol=1e-4, atol=1e-4)
+        assert np.array_equal(pca.search(queries, 10, routes, exact=True).indices, ref.indices)
+    # the full vectors once, plus a 16-d graph
+    assert vectors.nbytes < pca.nbytes() < vectors.nbytes * 2.5
