@@ -39,7 +39,15 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 autocast on CUDA; fp32 on CPU (bf16 is opt-in there, see bench/)."""
+    """``auto``: fp16 autocast on CUDA; fp32 on CPU.
+
+    bf16 autocast is about 2x faster on a CPU with AVX512-BF16 but not faithful: on real
+    photos with ImageNet EfficientNet-Lite0 features its minimum cosine to fp32 was 0.9957 and
+    only 65% of test queries kept their fp32 top-10 (ResNet50, random weights: 74%), against
+    the bar of cosine >= 0.999 and the same top-10 (bench/bench_precision.py, bench/RESULTS.md).
+    It stays opt-in (``FIR_PRECISION=bf16``); channels_last in fp32 is faithful but measured
+    within noise of NCHW, so it is not turned on either.
+    """
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
