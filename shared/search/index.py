@@ -118,10 +118,11 @@ class ShardedIndex:
         uniq, starts = np.unique(cat_str[order], return_index=True)
         names = [str(c) for c in uniq]
         bounds = [*starts.tolist(), self.size]
-        base = vectors[order]
-        if metric == "cosine":
-            base = l2_normalise(base)
-        base = np.ascontiguousarray(base, dtype=np.float32)
+        base = np.ascontiguousarray(vectors[order], dtype=np.float32)  # a copy: normalised in place
+        if metric == "cosine":  # row norms without an n x d temporary (peak memory: two copies, not three)
+            norms = np.sqrt(np.einsum("ij,ij->i", base, base))[:, None]
+            norms[norms == 0] = 1.0
+            base /= norms
         sq_norms = np.einsum("ij,ij->i", base, base).astype(np.float32)
         faiss = None
         if any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
