@@ -102,7 +102,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: list
     raise AssertionError(f"timed out waiting for {what} (last: {last}){tails}")
 
 
-def poll_job(base: str, job_id: int, timeout: float = 120, logs: list[Path] | None = None) -> dict[str, Any]:
+def poll_job(base: str, job_id: int, timeout: float = 300, logs: list[Path] | None = None) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         job = requests.get(f"{base}/api/v1/jobs/{job_id}", timeout=10).json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
