@@ -24,7 +24,9 @@ from shared.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS_URL = os.environ.get("FIR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# A Redis database of this run's own (by pid), so that another test run on the same machine
+# (its workers consume whatever lands in their database) never takes this run's messages.
+REDIS_URL = os.environ.get("FIR_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}")
 BIN = Path(sys.executable).parent
 
 
