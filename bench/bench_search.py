@@ -1,8 +1,8 @@
 """Query matching at catalogue scale: exact scans against HNSW graphs (faiss) in ShardedIndex.
 
-Synthetic clustered vectors (cluster centres, a shared 32-d low-rank spread, isotropic noise;
-each cluster belongs to one of three categories), queries drawn fresh from the same
-distribution. Per size the index is built once with HNSW graphs (``ann="hnsw"``): the exact
+Synthetic clustered vectors, each cluster in one of three categories, queries drawn fresh
+from the same distribution (``--data``: ``hard``, intrinsic dimension about 32 and no close
+neighbours, or ``tight``, small clusters with close neighbours; see ``make_vectors``). Per size the index is built once with HNSW graphs (``ann="hnsw"``): the exact
 answers come from the same index (``exact=True`` scans the graph's own stored vectors, which
 is exactly what an ``ann="exact"`` index scans), so one copy of the data serves both.
 
@@ -42,19 +42,36 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def make_vectors(n: int, d: int, seed: int, chunk: int = 50_000) -> tuple[npt.NDArray[np.float32], list[str]]:
+def make_vectors(n: int, d: int, seed: int, data: str = "hard",
+                 chunk: int = 10_000) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """``hard``: cluster centres plus a shared 32-d Gaussian spread and noise: intrinsic
+    dimension about 32 and queries with no close neighbours (distances concentrate), the worst
+    case for a graph. ``tight``: many small clusters (about 25 items, a product's photos or one
+    style), each varying along its own 4 directions, plus a little noise: every query has
+    genuinely close neighbours, as real catalogue features do."""
     rng = np.random.default_rng(1234)  # the same clusters for the catalogue and its queries
-    n_clusters = max(30, n // 300)
-    centres = rng.normal(size=(n_clusters, d)).astype(np.float32)
-    basis = (rng.normal(size=(32, d)) * 0.5).astype(np.float32)
-    cluster_cat = np.arange(n_clusters) % len(CATS)
     draw = np.random.default_rng(seed)
-    assign = draw.integers(0, n_clusters, n)
     out = np.empty((n, d), np.float32)
-    for lo in range(0, n, chunk):
-        a = assign[lo : lo + chunk]
-        out[lo : lo + len(a)] = (centres[a] + draw.standard_normal((len(a), 32), dtype=np.float32) @ basis
-                                 + 0.6 * draw.standard_normal((len(a), d), dtype=np.float32))
+    if data == "hard":
+        n_clusters = max(30, n // 300)
+        centres = rng.normal(size=(n_clusters, d)).astype(np.float32)
+        basis = (rng.normal(size=(32, d)) * 0.5).astype(np.float32)
+        assign = draw.integers(0, n_clusters, n)
+        for lo in range(0, n, chunk):
+            a = assign[lo : lo + chunk]
+            out[lo : lo + len(a)] = (centres[a] + draw.standard_normal((len(a), 32), dtype=np.float32) @ basis
+                                     + 0.6 * draw.standard_normal((len(a), d), dtype=np.float32))
+    else:
+        n_clusters = max(30, n // 25)
+        centres = rng.normal(size=(n_clusters, d)).astype(np.float32)
+        bases = (rng.normal(size=(n_clusters, 4, d)) * 0.4).astype(np.float32)
+        assign = draw.integers(0, n_clusters, n)
+        for lo in range(0, n, chunk):
+            a = assign[lo : lo + chunk]
+            coef = draw.standard_normal((len(a), 4), dtype=np.float32)
+            out[lo : lo + len(a)] = (centres[a] + np.einsum("nk,nkd->nd", coef, bases[a])
+                                     + 0.1 * draw.standard_normal((len(a), d), dtype=np.float32))
+    cluster_cat = np.arange(n_clusters) % len(CATS)
     return out, [CATS[c] for c in cluster_cat[assign]]
 
 
@@ -95,11 +112,12 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--data", default="hard", choices=["hard", "tight"], help="synthetic data (make_vectors)")
     args = ap.parse_args()
     print(machine_header("Query matching: exact scans and HNSW graphs per category shard"))
     print(f"- load average at start: {os.getloadavg()[0]:.2f}")
     print(f"- HNSW M={args.m}, efConstruction={args.ef_construction}; k={args.k}; 3 category shards; "
-          f"{args.queries} single queries (exact: {args.exact_queries})\n", flush=True)
+          f"{args.queries} single queries (exact: {args.exact_queries}); data: {args.data}\n", flush=True)
     efs = [int(e) for e in args.ef.split(",")]
     fp16_plan = set(args.fp16.split(",")) if args.fp16 else set()
     pca_plan = set(args.pca.split(",")) if args.pca else set()
@@ -107,8 +125,8 @@ def main() -> None:
     rows: list[str] = []
     for spec in args.plan.split(","):
         n, d = (int(v) for v in spec.split("x"))
-        vectors, cats = make_vectors(n, d, seed=n)
-        queries, qcats = make_vectors(args.queries, d, seed=n + 1)
+        vectors, cats = make_vectors(n, d, seed=n, data=args.data)
+        queries, qcats = make_vectors(args.queries, d, seed=n + 1, data=args.data)
         routes = [(c,) for c in qcats]
         common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction}
         variants: list[tuple[str, IndexOptions]] = [("fp32", IndexOptions(**common))]
