@@ -113,6 +113,9 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
     # mode -> [{"k", "precision", "recall"}]: mean precision and recall at cut-offs 1..search depth
     pr_curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # mode -> "ap@k" / "p@k" -> one value per query (query order); only with keep_per_query,
+    # for confidence intervals (bootstrap over queries)
+    per_query: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def row(self, mode: str, k: int) -> EvalRow:
         for r in self.rows:
@@ -128,6 +131,7 @@ class EvalReport:
             "examples": [asdict(e) for e in self.examples],
             "notes": list(self.notes),
             "pr_curve": {m: [dict(p) for p in v] for m, v in self.pr_curve.items()},
+            "per_query": {m: {k: list(v) for k, v in d.items()} for m, d in self.per_query.items()},
         }
 
 
@@ -178,12 +182,14 @@ def evaluate_retrieval(
     n_examples: int = 6,
     latency_sample: int = 50,
     progress: bool = False,
+    keep_per_query: bool = False,
 ) -> EvalReport:
     """Evaluate retrieval of ``queries`` against ``gallery`` for each routing mode and k.
 
     svm modes are skipped (with a note) when ``router`` is None. The feature sets and the
     router must come from the same model (:class:`~shared.errors.ModelMismatch`). ``progress``
-    shows a bar over the routing modes (for a terminal)."""
+    shows a bar over the routing modes (for a terminal); ``keep_per_query`` keeps every
+    query's AP@k and precision@k in ``report.per_query``."""
     if len(gallery) == 0:
         raise EmptyDataset("the gallery has no features to search")
     if len(queries) == 0:
@@ -257,6 +263,7 @@ def evaluate_retrieval(
     rows: list[EvalRow] = []
     per_category: dict[str, dict[str, float]] = {}
     pr_curve: dict[str, list[dict[str, float]]] = {}
+    per_query: dict[str, dict[str, list[float]]] = {}
     from tqdm import tqdm
 
     for mode in tqdm(run_modes, desc="evaluating", unit="mode", disable=not progress, leave=False):
@@ -317,6 +324,9 @@ def evaluate_retrieval(
                 ms_matching_batched=ms_batched, ms_router=mode_router_ms, ms_with_extraction=with_ext,
                 mean_returned=float(returned[j].mean()), n_queries=n_q,
             ))
+        if keep_per_query:
+            per_query[mode] = {f"{name}@{k}": [float(v) for v in values[j]]
+                               for j, k in enumerate(ks_sorted) for name, values in (("ap", ap), ("p", prec))}
         per_category[mode] = {
             c: float(p_cat[query_codes == code[c]].mean()) for c in cats if np.any(query_codes == code[c])
         }
@@ -362,7 +372,8 @@ def evaluate_retrieval(
         "study": dict(STUDY_FIGURES),
     }
     return EvalReport(rows=rows, meta=meta, per_category=per_category,
-                      examples=[e for e in examples if e is not None], notes=notes, pr_curve=pr_curve)
+                      examples=[e for e in examples if e is not None], notes=notes, pr_curve=pr_curve,
+                      per_query=per_query)
 
 
 def _single_query_ms(

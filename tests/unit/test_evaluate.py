@@ -209,3 +209,16 @@ def test_grid_tolerates_unreadable_images(report: EvalReport, tmp_path: Path) ->
         assert img.getpixel((6 + 4 + 20, img.height // 2)) == (200, 200, 200)
     empty = render_grid([], tmp_path / "empty.png")
     assert empty.is_file()
+
+
+def test_per_query_values_average_to_the_rows(sets: tuple[FeatureSet, FeatureSet, Router]) -> None:
+    gallery, queries, router = sets
+    rep = evaluate_retrieval(gallery, queries, router, ks=(5, 30), latency_sample=3, keep_per_query=True)
+    assert set(rep.per_query) == set(rep.meta["modes"])
+    for row in rep.rows:
+        values = rep.per_query[row.mode]
+        assert len(values[f"ap@{row.k}"]) == len(queries)
+        assert np.mean(values[f"ap@{row.k}"]) == pytest.approx(row.mean_ap)
+        assert np.mean(values[f"p@{row.k}"]) == pytest.approx(row.mean_precision)
+    # not kept unless asked for
+    assert evaluate_retrieval(gallery, queries, router, ks=(5,), latency_sample=3).per_query == {}

