@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_short_finetune_lowers_the_loss(shared_data: Path, tmp_path: Path) -> No
     samples = _photos(shared_data)
     assert len(samples) == 3 * PER_CATEGORY
     labels = ["dress", "shirt", "toptee"]
-    common = {"backbone": "efficientnet_lite0", "weights": "imagenet", "batch_size": 6, "image_size": SIZE,
+    common: dict[str, Any] = {"backbone": "efficientnet_lite0", "weights": "imagenet", "batch_size": 6, "image_size": SIZE,
               "workers": 0, "augment": False, "lr": 1e-3, "body_lr": 1e-4, "precision": "fp32"}
     # The same start (seeded head over the ImageNet body), trained for 0 and for 6 epochs.
     before = train(samples, [], tmp_path / "before", TrainConfig(epochs=0, **common), progress=False)
