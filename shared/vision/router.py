@@ -143,6 +143,7 @@ class _FastSVC:
         self.degree = float(svc.degree)
         self.n_classes = len(svc.classes_)
         self.ovr = svc.decision_function_shape == "ovr" and self.n_classes > 2
+        self.pairs = _pair_matrices(self.n_classes) if self.ovr else None
         self.dtype = dtype
         sv = np.asarray(svc.support_vectors_, dtype=np.float64)
         dual = np.asarray(svc._dual_coef_, dtype=np.float64)  # libsvm's sv_coef, [n_classes - 1, n_sv]
@@ -198,24 +199,31 @@ class _FastSVC:
         if self.binary_flip:
             return -ovo.ravel()
         if self.ovr:
-            return _ovr_decision(ovo, self.n_classes)
+            return _ovr_decision(ovo, self.n_classes, self.pairs)
         return ovo
 
 
-def _ovr_decision(ovo: FloatArray, n_classes: int) -> FloatArray:
+def _pair_matrices(n_classes: int) -> tuple[FloatArray, FloatArray]:
+    """For the class pairs (i, j), i < j, in libsvm's order: ``first[p, i] = 1`` and
+    ``second[p, j] = 1``."""
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    first = np.zeros((len(pairs), n_classes))
+    second = np.zeros((len(pairs), n_classes))
+    for p, (i, j) in enumerate(pairs):
+        first[p, i] = 1.0
+        second[p, j] = 1.0
+    return first, second
+
+
+def _ovr_decision(ovo: FloatArray, n_classes: int,
+                  pairs: tuple[FloatArray, FloatArray] | None = None) -> FloatArray:
     """sklearn's ``_ovr_decision_function(ovo < 0, -ovo, n_classes)``: votes per class plus
-    the summed pair confidences squashed into (-1/3, 1/3)."""
-    votes = np.zeros((len(ovo), n_classes))
-    conf = np.zeros((len(ovo), n_classes))
-    p = 0
-    for i in range(n_classes):
-        for j in range(i + 1, n_classes):
-            conf[:, i] += ovo[:, p]
-            conf[:, j] -= ovo[:, p]
-            j_wins = ovo[:, p] < 0
-            votes[~j_wins, i] += 1
-            votes[j_wins, j] += 1
-            p += 1
+    the summed pair confidences squashed into (-1/3, 1/3). Computed as two small matrix
+    products over the class pairs (a Python loop over 45 pairs cost about 1 ms a query)."""
+    first, second = pairs if pairs is not None else _pair_matrices(n_classes)
+    j_wins = (ovo < 0).astype(np.float64)
+    votes = (1.0 - j_wins) @ first + j_wins @ second
+    conf = ovo @ (first - second)
     return votes + conf / (3 * (np.abs(conf) + 1))
 
 

@@ -62,7 +62,7 @@ def test_single_category_router() -> None:
 @pytest.mark.parametrize(
     ("n_classes", "kernel", "gamma"),
     [(3, "rbf", "auto"), (2, "rbf", "scale"), (4, "rbf", "scale"), (3, "linear", "auto"),
-     (3, "poly", "scale"), (5, "sigmoid", "auto")],
+     (3, "poly", "scale"), (5, "sigmoid", "auto"), (10, "linear", "auto"), (10, "rbf", "auto")],
 )
 def test_fast_predictor_equals_sklearn(n_classes: int, kernel: str, gamma: str) -> None:
     """The matrix-product decision function (ovo sums, ovr transform, Platt calibrators) gives
