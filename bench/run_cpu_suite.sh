@@ -17,7 +17,8 @@ run() {
 }
 run router bench.bench_router --sizes 5000,10000
 run search bench.bench_search --plan 10000x2048,77000x2048,300000x2048 --fp16 77000x2048 --pca 300000x2048
-run search_1m bench.bench_search --plan 1000000x2048 --pca 1000000x2048 --no-fp32-graph --exact-queries 10
+run search_tight bench.bench_search --data tight --plan 77000x2048 --fp16 77000x2048
+run search_1m bench.bench_search --data tight --plan 1000000x2048 --pca 1000000x2048 --no-fp32-graph --exact-queries 10
 run precision bench.bench_precision --backbone efficientnet_lite0 --weights imagenet --compile
 run indexing bench.bench_indexing --images 256 --size 160 --batch 16 --rounds 3 --workers 1,2
 run service bench.bench_service --backend both --queries 20 --burst 50

@@ -55,9 +55,35 @@ def postgres_admin() -> Iterator[Engine]:
     engine.dispose()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_stale_databases(admin: Engine) -> None:
+    """Drop ``fir_test_<pid>_<n>`` databases left by killed runs (dead pid, nobody connected)."""
+    with admin.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT d.datname FROM pg_database d WHERE d.datname LIKE 'fir\\_test\\_%' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"
+            )
+        ).all()
+        for (name,) in rows:
+            parts = name.split("_")
+            if len(parts) == 4 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
 @pytest.fixture(scope="session")
 def postgres_database_factory(postgres_admin: Engine) -> Iterator[Callable[[], str]]:
     """Makes fresh, empty PostgreSQL databases for this run; drops them all at the end."""
+    _drop_stale_databases(postgres_admin)
     created: list[str] = []
     counter = itertools.count()
 
