@@ -35,6 +35,7 @@ from celery import signals
 
 from shared import logging_setup
 from shared.config import Settings
+from shared.procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +116,8 @@ def _remove_stale(parent: Path) -> None:
         return
     for folder in parent.glob("worker-*"):
         pid = folder.name.removeprefix("worker-")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @signals.worker_ready.connect

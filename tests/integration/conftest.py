@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import migrate
 from shared.db.session import create_fir_engine
+from shared.procs import pid_alive
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgresql"]
@@ -55,16 +56,6 @@ def postgres_admin() -> Iterator[Engine]:
     engine.dispose()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _drop_stale_databases(admin: Engine) -> None:
     """Drop ``fir_test_<pid>_<n>`` databases left by killed runs (dead pid, nobody connected)."""
     with admin.connect() as conn:
@@ -76,7 +67,7 @@ def _drop_stale_databases(admin: Engine) -> None:
         ).all()
         for (name,) in rows:
             parts = name.split("_")
-            if len(parts) == 4 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            if len(parts) == 4 and parts[2].isdigit() and not pid_alive(int(parts[2])):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
 
 
