@@ -13,6 +13,7 @@ from pathlib import Path
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from shared.config import Settings
 
@@ -29,6 +30,12 @@ ROUTES = {
     TASK_HOUSEKEEPING: {"queue": "cpu"},
     TASK_DEDUP: {"queue": "cpu"},
 }
+
+
+# ``filesystem://`` means FIR's atomic variant of kombu's filesystem transport (see
+# worker.fs_transport): kombu resolves the alias when a connection opens, in every process
+# that imports this module (the API's producers and the workers alike).
+TRANSPORT_ALIASES["filesystem"] = "worker.fs_transport:Transport"
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, object]]:
