@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -797,6 +798,10 @@ def up_cmd(c: Ctx, catalogue: Path | None, host: str | None, port: int | None, w
         ctx.invoke(models_activate, model=None)
     ctx = click.get_current_context()
     ctx.invoke(index_cmd, catalogue_dir=catalogue, name=None, full=False)
+    # Ctrl-C and SIGTERM stop every process, also where SIGINT was inherited as ignored (a
+    # shell's background job) or SIGTERM comes from a process manager.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sup = Supervisor(s, log_dir=c.store.root / "logs")
     sup.start()
     url = f"http://{s.api_host}:{s.api_port}"
