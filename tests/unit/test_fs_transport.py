@@ -13,7 +13,8 @@ from worker.fs_transport import Transport
 
 def _connection(folder: Path) -> Connection:
     options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-               "processed_folder": str(folder / "processed"), "store_processed": False}
+               "processed_folder": str(folder / "processed"), "store_processed": False,
+               "control_folder": str(folder / "control")}  # kombu's default is ./control
     (folder / "processed").mkdir(parents=True, exist_ok=True)
     return Connection("filesystem://", transport_options=options)
 
