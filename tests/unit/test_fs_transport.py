@@ -11,10 +11,21 @@ from worker import factory  # noqa: F401  (points the filesystem:// alias at FIR
 from worker.fs_transport import Transport
 
 
+@pytest.fixture(scope="module")
+def _control_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kombu")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(_control_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kombu keeps exchange files in ./control and caches declared exchanges per process, so the
+    # tests share one control folder (as one FIR process does), away from the repository
+    monkeypatch.chdir(_control_home)
+
+
 def _connection(folder: Path) -> Connection:
     options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-               "processed_folder": str(folder / "processed"), "store_processed": False,
-               "control_folder": str(folder / "control")}  # kombu's default is ./control
+               "processed_folder": str(folder / "processed"), "store_processed": False}
     (folder / "processed").mkdir(parents=True, exist_ok=True)
     return Connection("filesystem://", transport_options=options)
 
