@@ -66,3 +66,33 @@ def test_a_file_being_written_is_skipped(tmp_path: Path) -> None:
         assert message.payload == {"n": 1}
         message.ack()
         queue.close()
+
+
+def test_the_message_name_appears_only_with_the_whole_payload(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the moment a message gets its consumable name, its file already holds the payload
+    (kombu's own _put fails this: it creates the final name empty, then writes)."""
+    import json
+    import os
+
+    import worker.fs_transport as fst
+
+    seen: list[tuple[bool, bytes]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        seen.append((Path(dst).exists(), Path(src).read_bytes()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fst.os, "replace", spy)
+    with _connection(tmp_path) as conn:
+        queue = conn.SimpleQueue("gpu")
+        queue.put({"n": 7})
+        assert len(seen) == 1
+        final_existed, content = seen[0]
+        assert not final_existed
+        assert json.loads(content)["properties"]["delivery_info"]["routing_key"] == "gpu"  # the whole envelope
+        message = queue.get(timeout=2)
+        assert message.payload == {"n": 7}
+        message.ack()
+        queue.close()
