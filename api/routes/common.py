@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from flask import url_for
+from flask import has_request_context, request, url_for
 from sqlalchemy.orm import Session
 
 from api.app import fir_settings
@@ -15,10 +15,21 @@ from shared.db import services
 from shared.db.session import session_scope
 from shared.errors import NotFound
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 @contextmanager
 def db() -> Iterator[Session]:
-    with session_scope(fir_settings()) as session:
+    """One session for a unit of work inside a request.
+
+    A request that may write (POST, PUT, PATCH, DELETE) begins its transaction with SQLite's
+    write lock (``BEGIN IMMEDIATE``). A deferred transaction that reads first and writes later
+    has to upgrade its lock, and SQLite answers an upgrade that meets another writer with
+    SQLITE_BUSY at once, without waiting out the busy timeout; taking the lock at BEGIN waits
+    in line instead. Reads never take it. PostgreSQL is unaffected.
+    """
+    writes = has_request_context() and request.method not in SAFE_METHODS
+    with session_scope(fir_settings(), immediate=writes) as session:
         yield session
 
 
