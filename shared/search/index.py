@@ -95,7 +95,9 @@ class ShardedIndex:
     ) -> None:
         if metric not in METRICS:
             raise InvalidInput(f"unknown metric {metric!r} (expected one of {', '.join(METRICS)})")
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors)
+        if vectors.dtype not in (np.float32, np.float16):  # float16 input is widened shard by shard
+            vectors = vectors.astype(np.float32)
         if vectors.ndim != 2:
             raise InvalidInput(f"vectors must be a 2-d array, got shape {vectors.shape}")
         if len(categories) != vectors.shape[0]:
@@ -112,42 +114,40 @@ class ShardedIndex:
         self.categories = np.asarray([str(c) for c in categories], dtype=object)
         self.build_seconds = 0.0
         t0 = time.perf_counter()
-        # one copy, sorted by category: every shard is a contiguous slice of it
+        # sorted by category: every shard is a contiguous block
         cat_str = self.categories.astype(str)
         order = np.argsort(cat_str, kind="stable").astype(np.int64)
         uniq, starts = np.unique(cat_str[order], return_index=True)
         names = [str(c) for c in uniq]
         bounds = [*starts.tolist(), self.size]
-        base = np.ascontiguousarray(vectors[order], dtype=np.float32)  # a copy: normalised in place
-        if metric == "cosine":  # row norms without an n x d temporary (peak memory: two copies, not three)
-            norms = np.sqrt(np.einsum("ij,ij->i", base, base))[:, None]
-            norms[norms == 0] = 1.0
-            base /= norms
-        sq_norms = np.einsum("ij,ij->i", base, base).astype(np.float32)
         faiss = None
         if any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
             faiss = load_faiss()
         self._shards: dict[str, _Shard] = {}
-        for i, cat in enumerate(names):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            shard = _Shard(rows=order[lo:hi], vectors=base[lo:hi], sq_norms=sq_norms[lo:hi])
-            if faiss is not None and opts.wants_ann(hi - lo):
-                shard.ann = HnswShard(shard.vectors, metric, opts, faiss)
-                shard.vectors = shard.ann.stored()  # the graph's copy; the slice of ``base`` goes
-            self._shards[cat] = shard
         self._all: _Shard | None = None
-        if any(sh.ann is not None for sh in self._shards.values()) and opts.pca_dim is None:
-            # the graphs own their shards' vectors now: copy out the slices of exact shards,
-            # so that ``base`` is freed (under PCA the graphs keep slices of ``base`` instead)
-            for sh in self._shards.values():
-                if sh.ann is None:
-                    sh.vectors = np.ascontiguousarray(sh.vectors).copy()
-                    sh.sq_norms = sh.sq_norms.copy()
-            del base
-        elif any(sh.ann is not None for sh in self._shards.values()):
-            del base
-        else:
+        if faiss is None:
+            # all exact: one float32 copy, and each shard a slice of it (an unrouted query is
+            # one matrix product over ``_all``)
+            base = _normalised_copy(vectors, order, metric)
+            sq_norms = np.einsum("ij,ij->i", base, base).astype(np.float32)
+            for i, cat in enumerate(names):
+                lo, hi = int(bounds[i]), int(bounds[i + 1])
+                self._shards[cat] = _Shard(rows=order[lo:hi], vectors=base[lo:hi], sq_norms=sq_norms[lo:hi])
             self._all = _Shard(rows=order, vectors=base, sq_norms=sq_norms)
+        else:
+            # graphs: built one shard at a time from that shard's float32 copy, which the graph
+            # replaces with its own store (fp32 or fp16). Peak memory is the caller's array,
+            # one shard's copy and the stores built so far, not two copies of the catalogue.
+            for i, cat in enumerate(names):
+                lo, hi = int(bounds[i]), int(bounds[i + 1])
+                block = _normalised_copy(vectors, order[lo:hi], metric)
+                shard = _Shard(rows=order[lo:hi], vectors=block,
+                               sq_norms=np.einsum("ij,ij->i", block, block).astype(np.float32))
+                if opts.wants_ann(hi - lo):
+                    shard.ann = HnswShard(block, metric, opts, faiss)
+                    shard.vectors = shard.ann.stored()  # the graph's store (or, under PCA, ``block``)
+                del block
+                self._shards[cat] = shard
         self.build_seconds = time.perf_counter() - t0
         if faiss is not None:
             log.info("index of %d x %d (%s): HNSW graphs for %s; built in %.1f s", self.size, self.dim, metric,
@@ -277,6 +277,21 @@ class ShardedIndex:
             indices[qi, :width] = rows
             scores[qi, :width] = final
         return SearchResult(indices=indices, scores=scores)
+
+
+def _normalised_copy(vectors: npt.NDArray[Any], rows: IntArray, metric: str) -> FloatArray:
+    """``vectors[rows]`` as a new contiguous float32 array, rows L2-normalised for cosine."""
+    out = np.empty((len(rows), vectors.shape[1]), np.float32)
+    if vectors.dtype == np.float32:
+        np.take(vectors, rows, axis=0, out=out, mode="clip")  # unbuffered (rows are valid)
+    else:
+        for lo in range(0, len(rows), _FP16_BLOCK):  # widened in blocks: a small temporary
+            out[lo : lo + _FP16_BLOCK] = vectors[rows[lo : lo + _FP16_BLOCK]]
+    if metric == "cosine":  # row norms without an n x d temporary
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
+        norms[norms == 0] = 1.0
+        out /= norms
+    return out
 
 
 def _sq_norms(v: npt.NDArray[Any]) -> FloatArray:

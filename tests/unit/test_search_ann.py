@@ -103,6 +103,38 @@ def test_memory_is_one_copy_plus_graph() -> None:
     assert abs(graph.nbytes() - half.nbytes() - vectors.nbytes / 2) < vectors.nbytes * 0.05
 
 
+def test_graphs_are_built_one_shard_at_a_time() -> None:
+    """Building graphs copies one shard at a time (numpy's allocations, which tracemalloc
+    sees; faiss's own store is outside them), not the whole catalogue at once."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4000, 256)).astype(np.float32)  # wide rows: the vectors dominate
+    cats = [("dress", "shirt", "toptee", "coat")[i % 4] for i in range(4000)]
+    largest = 1000 * 256 * 4
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        index = ShardedIndex(vectors, cats, ann="hnsw")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(index.ann_shards) == 4
+    assert peak < largest + vectors.nbytes * 0.25 < vectors.nbytes
+
+
+@pytest.mark.parametrize("ann", ["exact", "hnsw"])
+def test_float16_input_gives_the_float32_answers(ann: str) -> None:
+    vectors, cats, queries = clustered(3000)
+    half = vectors.astype(np.float16)
+    widened = half.astype(np.float32)
+    a = ShardedIndex(half, cats, ann=ann).search(queries, 10, [("dress",)] * 30)
+    b = ShardedIndex(widened, cats, ann=ann).search(queries, 10, [("dress",)] * 30)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
 def test_without_faiss_the_index_is_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     monkeypatch.setattr(ann_mod, "_faiss", None)
