@@ -12,6 +12,9 @@ every variant answers the same held-out queries:
 - ``exact fp64``: the matrix products in float64 (``Router(predictor="exact")``);
 - ``pca256 + fast``: PCA to 256-d, then the same kind of router (fewer dims, not the same
   model: its accuracy is measured, not assumed);
+- ``linear SVC``: the same router with a linear kernel (C=1), what ``fir train-router
+  --select simplest`` picks when it scores within one standard error of the best; FIR's fast
+  path folds its support vectors into one hyperplane per class pair;
 - ``logreg``: StandardScaler -> LogisticRegression (no support vectors at all).
 
 Single-query latency is interleaved across variants (query i through every variant, then
@@ -100,6 +103,14 @@ def main() -> None:
         pca_predict = _projected(small, pca.mean_, pca.components_)
 
         t0 = time.perf_counter()
+        linear = Router.fit(x, y, model_id="bench", backbone="synthetic", cv=0,
+                            params={"svc__kernel": "linear", "svc__C": 1.0})
+        linear_fit_s = time.perf_counter() - t0
+        assert linear.pipeline is not None
+        linear_sv = len(linear.pipeline[-1].calibrated_classifiers_[0].estimator.support_)
+        print(f"size {n}: linear router fitted in {linear_fit_s:.1f} s", flush=True)
+
+        t0 = time.perf_counter()
         logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(x, y)
         logreg_fit_s = time.perf_counter() - t0
 
@@ -108,6 +119,7 @@ def main() -> None:
             "fast (FIR default)": (router.predict_proba, fit_s, str(n_sv)),
             "exact fp64": (exact.predict_proba, fit_s, str(n_sv)),
             "pca256 + fast": (pca_predict, pca_fit_s, str(small_sv)),
+            "linear SVC, fast path": (linear.predict_proba, linear_fit_s, f"{linear_sv} (folded)"),
             "logreg": (logreg.predict_proba, logreg_fit_s, "0"),
         }
         labels = np.asarray(router.labels)

@@ -15,7 +15,7 @@ from shared.store.artifacts import ArtifactStore
 from shared.vision.embed import Embedder
 from shared.vision.features import FeatureSet, extract_features
 from shared.vision.modelfile import LoadedModel, load_model
-from shared.vision.router import Router
+from shared.vision.router import Router, Selection
 from shared.vision.training import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,10 @@ def extract(samples: Sequence[Sample], model: LoadedModel, store: ArtifactStore,
 
 
 def train_router(features: FeatureSet, store: ArtifactStore, cv: int = 3, seed: int = 0,
-                 out: Path | None = None) -> tuple[Router, Path]:
+                 out: Path | None = None, select: Selection = "best") -> tuple[Router, Path]:
     usable = features.subset([bool(c) for c in features.categories])
-    router = Router.fit(usable.vectors, usable.categories, usable.model_id, usable.backbone, cv=cv, seed=seed)
+    router = Router.fit(usable.vectors, usable.categories, usable.model_id, usable.backbone, cv=cv, seed=seed,
+                        select=select)
     path = out or store.router_path(features.model_id)
     router.save(path)
     store.set_current(router=path)

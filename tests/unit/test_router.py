@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import EmptyDataset, ModelMismatch
+from shared.errors import EmptyDataset, InvalidInput, ModelMismatch
 from shared.vision.router import Router
 
 
@@ -125,3 +125,38 @@ def test_router_without_fast_shape_uses_sklearn() -> None:
     pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
     router = Router(labels=sorted(set(y)), model_id="m", backbone="resnet50", pipeline=pipe)
     np.testing.assert_allclose(router.predict_proba(x[:5]), pipe.predict_proba(x[:5]))
+
+
+def test_simplest_selection_prefers_a_linear_router_within_one_standard_error() -> None:
+    from shared.vision.router import _simplest
+
+    results = {"params": [{"svc__kernel": "rbf", "svc__C": 1.0}, {"svc__kernel": "linear", "svc__C": 1.0},
+                          {"svc__kernel": "linear", "svc__C": 0.1}],
+               "mean_test_score": [0.95, 0.94, 0.94], "std_test_score": [0.03, 0.0, 0.0]}
+    best = results["params"][0]
+    # 0.95 - 0.03 / sqrt(3) = 0.933: both linear candidates qualify; the smaller C wins the tie
+    assert _simplest(results, 3, best, 0.95) == ({"svc__kernel": "linear", "svc__C": 0.1}, 0.94)
+    results["std_test_score"] = [0.01, 0.0, 0.0]  # 0.944: no linear candidate is close enough
+    assert _simplest(results, 3, best, 0.95) == (best, 0.95)
+    rbf_only = {"params": [best], "mean_test_score": [0.95], "std_test_score": [0.0]}
+    assert _simplest(rbf_only, 3, best, 0.95) == (best, 0.95)
+
+
+def test_simplest_selection_on_data() -> None:
+    """Separable clusters: a linear router is as good, and is chosen. Rings (the class is the
+    radius): no hyperplane separates them, and the RBF router stays."""
+    x, y = _clusters()
+    assert Router.fit(x, y, model_id="m", backbone="resnet50", cv=3).params["kernel"] in ("rbf", "linear")
+    simple = Router.fit(x, y, model_id="m", backbone="resnet50", cv=3, select="simplest")
+    assert simple.params["kernel"] == "linear"
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=(150, 8))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    radius = np.repeat([1.0, 3.0, 5.0], 50)
+    rings = (direction * (radius + rng.normal(0, 0.2, 150))[:, None]).astype(np.float32)
+    labels = [c for c in ("dress", "shirt", "toptee") for _ in range(50)]
+    kept = Router.fit(rings, labels, model_id="m", backbone="resnet50", cv=3, select="simplest")
+    assert kept.params["kernel"] == "rbf"
+    assert np.mean(np.asarray(kept.route(rings)[0]) == np.asarray(labels)) > 0.9
+    with pytest.raises(InvalidInput, match="unknown router selection"):
+        Router.fit(x, y, model_id="m", backbone="resnet50", select="fastest")  # type: ignore[arg-type]
