@@ -71,7 +71,7 @@ def main() -> None:
     if args.compile:
         for name, precision in (("compile fp32 channels_last", "fp32"), ("compile bf16 channels_last", "bf16")):
             emb = Embedder(net, args.backbone, args.size, device="cpu", precision=precision, channels_last=True)
-            feats = torch.compile(emb.net.features)
+            feats = torch.compile(emb.net.features, dynamic=False)
 
             def run(batch: torch.Tensor, feats: Callable[..., torch.Tensor] = feats,
                     precision: str = precision) -> np.ndarray:
@@ -86,8 +86,20 @@ def main() -> None:
 
     # fidelity: every image in every mode
     feats_by_mode: dict[str, np.ndarray] = {}
+    def batches(fn: Fn) -> np.ndarray:
+        """Every image through ``fn`` in batches of exactly ``args.batch`` (the last one padded
+        with zeros): one input shape, so a compiled model compiles once."""
+        outs = []
+        for i in range(0, len(x), args.batch):
+            chunk = x[i : i + args.batch]
+            pad = args.batch - len(chunk)
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+            outs.append(fn(chunk)[: args.batch - pad])
+        return np.concatenate(outs)
+
     for name, fn in modes.items():
-        out = np.concatenate([fn(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
+        out = batches(fn)
         feats_by_mode[name] = out / np.linalg.norm(out, axis=1, keepdims=True)
     ng = len(gallery_paths)
     ref = feats_by_mode["fp32"]
