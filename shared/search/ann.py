@@ -40,6 +40,12 @@ STORAGES: tuple[str, ...] = get_args(Storage)
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
+# At a fixed efSearch a graph's recall falls as the shard grows. Measured (bench/RESULTS.md,
+# section 6; tight synthetic 2048-d data): efSearch 128 kept recall@10 1.000 up to 100,000
+# vectors per shard but gave 0.978 at 333,000, where 192-256 gave 0.994 (1.7-2.2 ms). Shards
+# larger than this search with twice the configured efSearch unless a call names its own.
+LARGE_SHARD = 250_000
+
 _faiss: Any = None
 _faiss_checked = False
 _faiss_lock = threading.Lock()
@@ -60,7 +66,9 @@ class IndexOptions:
     ann_threshold: int = 20_000
     hnsw_m: int = 32  # graph degree (memory: about 2 * m * 4 bytes per vector at level 0)
     ef_construction: int = 80
-    ef_search: int = 128  # candidates kept per query; recall grows with it, latency too
+    # candidates kept per query; recall grows with it, latency too. Shards of more than
+    # LARGE_SHARD vectors use twice as many (see there).
+    ef_search: int = 128
     storage: Storage = "fp32"  # fp16: half the memory; scores rounded to float16 precision
     max_ann_k: int = 256  # a larger k is answered by the exact scan
     # PCA compaction: the graph is built over the vectors projected to ``pca_dim`` dimensions
@@ -124,7 +132,7 @@ class HnswShard:
         self.size = int(n)
         self.dim = int(d)
         self.storage: Storage = options.storage
-        self.ef_search = options.ef_search
+        self.ef_search = options.ef_search * (2 if n > LARGE_SHARD else 1)
         self.rerank = options.rerank
         self._faiss = faiss
         self.pca: Any = None

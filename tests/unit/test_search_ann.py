@@ -177,3 +177,16 @@ def test_pca_graph_with_exact_rerank(metric: str) -> None:
         assert np.array_equal(pca.search(queries, 10, routes, exact=True).indices, ref.indices)
     # the full vectors once, plus a 16-d graph
     assert vectors.nbytes < pca.nbytes() < vectors.nbytes * 2.5
+
+
+def test_large_shards_search_with_twice_the_ef(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, cats, queries = clustered(3000)
+    sizes = {c: cats.count(c) for c in set(cats)}
+    cut = sorted(sizes.values())[1]  # at least one shard on each side of it
+    monkeypatch.setattr(ann_mod, "LARGE_SHARD", cut)
+    index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", ef_search=40))
+    efs = {c: index._shards[c].ann.ef_search for c in sizes}  # type: ignore[union-attr]
+    assert efs == {c: 80 if n > cut else 40 for c, n in sizes.items()}
+    assert set(efs.values()) == {40, 80}
+    exact = ShardedIndex(vectors, cats, ann="exact").search(queries, 10)
+    assert recall(index.search(queries, 10).indices, exact.indices) >= 0.95
