@@ -14,4 +14,4 @@ RUN useradd --create-home fir && mkdir -p /data && chown fir /data
 USER fir
 ENV FIR_HOME=/data
 EXPOSE 8000
-CMD ["gunicorn", "-w", "2", "-b", "0.0.0.0:8000", "api.wsgi:app"]
+CMD ["gunicorn", "-c", "python:api.gunicorn_conf", "-w", "2", "-b", "0.0.0.0:8000", "api.wsgi:app"]

@@ -29,3 +29,9 @@ logconfig_dict: dict[str, Any] = {
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }
+
+# Threaded workers: a client long-polling a job (GET /api/v1/jobs/<id>?wait=S) holds one
+# thread, not a whole worker process. Requests are short and mostly wait on the database or
+# the disk, so threads are enough; CPU-heavy work happens in the Celery workers.
+worker_class = "gthread"
+threads = 8

@@ -158,6 +158,13 @@ class JobOut(Schema):
     duplicate = Dict(allow_none=True)
 
 
+class JobWaitQuery(Schema):
+    wait = Float(load_default=0.0, validate=Range(0.0, 60.0), metadata={
+        "description": "Long polling: answer as soon as the job has finished, or after this many seconds "
+                       "(at most the server's FIR_API_MAX_WAIT_S, default 20), whichever comes first. "
+                       "0 (default): answer at once."})
+
+
 class JobsQuery(Schema):
     status = String(load_default=None, validate=OneOf(JOB_STATUSES))
     type = String(load_default=None, validate=Length(1, 32))

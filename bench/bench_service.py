@@ -4,7 +4,8 @@
 
 For each backend it sets up a fresh FIR home (a ResNet50 with random weights at 224 px, its
 router, a generated catalogue indexed), starts a real worker and the API (gunicorn), then:
-- single queries one after another: submit -> poll until succeeded, p50 / p95;
+- single queries one after another: submit -> succeeded (the client long-polls the job with
+  ``?wait=10``, as FIR's clients should), p50 / p95;
 - a burst of N queries submitted at once: time until all have succeeded, with micro-batching
   (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
 The bare forward time is one warm 224 px image through the same model in this process.
@@ -50,7 +51,8 @@ def setup_home(home: Path, env: dict[str, str]) -> Path:
 def start(env: dict[str, str], port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
     cmds = [
         [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h"],
-        [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "api.wsgi:app"],
+        [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
+         "api.wsgi:app"],
     ]
     procs = []
     for i, cmd in enumerate(cmds):
@@ -90,13 +92,12 @@ def one_query(base: str, image: bytes) -> float:
                       files={"file": ("q.jpg", image, "image/jpeg")}, timeout=60)
     r.raise_for_status()
     job_id = r.json()["job_id"]
-    while True:
-        status = requests.get(f"{base}/api/v1/jobs/{job_id}", timeout=60).json()["status"]
+    while True:  # long polling: the API answers as soon as the job has finished
+        status = requests.get(f"{base}/api/v1/jobs/{job_id}", params={"wait": 10}, timeout=60).json()["status"]
         if status in ("succeeded", "failed", "cancelled"):
             if status != "succeeded":
                 raise RuntimeError(f"job {job_id} {status}")
             return (time.perf_counter() - t0) * 1000
-        time.sleep(0.005)
 
 
 def burst(base: str, image: bytes, n: int) -> float:

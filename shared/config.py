@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Service
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # GET /api/v1/jobs/<id>?wait=S holds the request until the job finishes, at most this long
+    # (gunicorn runs threaded workers, api/gunicorn_conf.py, so a waiting client holds a thread)
+    api_max_wait_s: float = 20.0
     # API keys: auto = required unless the API is bound to 127.0.0.1 / localhost / ::1
     require_keys: Literal["auto", "true", "false"] = "auto"
     nightly_reindex_at: str = "02:00"  # UTC, HH:MM

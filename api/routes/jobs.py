@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from apiflask import APIBlueprint
 from flask import url_for
 
+from api.app import fir_settings
 from api.routes.common import db, iso
-from api.schemas import JobList, JobOut, JobsQuery, ResultPage, ResultsQuery
+from api.schemas import JobList, JobOut, JobsQuery, JobWaitQuery, ResultPage, ResultsQuery
 from shared.db import services
 from shared.errors import Conflict
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 
 INLINE_RESULTS = 100
+# A waiting GET /jobs/<id> reads the job's status this often (one indexed row: far cheaper than
+# a client's HTTP poll, which costs the API a request and the worker CPU time).
+WAIT_POLL_S = 0.005
 
 
 def _hits(result: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -90,9 +95,22 @@ def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]
 
 
 @bp.get("/jobs/<int:job_id>")
+@bp.input(JobWaitQuery, location="query", arg_name="query")
 @bp.output(JobOut)
-def get_job(job_id: int) -> dict[str, Any]:
-    """Status, progress, timestamps, error, and for a finished query its ranked results."""
+def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
+    """Status, progress, timestamps, error, and for a finished query its ranked results.
+    ``wait=S`` answers when the job has finished or S seconds have passed (long polling)."""
+    wait = min(float(query["wait"]), fir_settings().api_max_wait_s)
+    with db() as session:
+        job = services.get_job(session, job_id)
+        if job.terminal or wait <= 0:
+            return job_out(session, job)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(min(WAIT_POLL_S, max(deadline - time.monotonic(), 0.0)))
+        with db() as session:
+            if services.get_job_status(session, job_id) in services.TERMINAL:
+                break
     with db() as session:
         return job_out(session, services.get_job(session, job_id))
 

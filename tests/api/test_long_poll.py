@@ -1,0 +1,75 @@
+"""GET /api/v1/jobs/<id>?wait=S: answered when the job finishes, or after S seconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from shared.db import services
+from shared.db.session import session_scope
+from tests.api.conftest import ApiEnv
+
+
+def _new_job(api: ApiEnv) -> int:
+    resp = api.client.post(f"/api/v1/catalogues/{api.catalogue_id}/reindex", json={"full": False})
+    assert resp.status_code == 202
+    return int(resp.get_json()["job_id"])
+
+
+def test_wait_answers_when_the_job_finishes(api: ApiEnv) -> None:
+    job_id = _new_job(api)
+    started = threading.Event()
+
+    def worker() -> None:
+        started.wait(10)
+        time.sleep(0.3)  # the request below is waiting by now
+        with session_scope(api.settings) as s:
+            services.transition_job(s, job_id, "running")
+        with session_scope(api.settings) as s:
+            services.transition_job(s, job_id, "succeeded", result={"note": "done"})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.set()
+    t0 = time.monotonic()
+    resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=15")
+    took = time.monotonic() - t0
+    thread.join(10)
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "succeeded"  # seen only because the request waited for it
+    assert took < 10  # answered when the job finished, not when the wait ran out
+
+
+def test_wait_ends_with_the_job_still_running(api: ApiEnv) -> None:
+    job_id = _new_job(api)
+    t0 = time.monotonic()
+    resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=0.3")
+    assert time.monotonic() - t0 >= 0.3
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+    # without wait (and for a finished job) the answer is immediate, as before
+    assert api.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "queued"
+
+
+def test_wait_is_capped_by_the_server(api: ApiEnv) -> None:
+    job_id = _new_job(api)
+    app = api.client.application
+    settings = app.extensions["fir_settings"]
+    app.extensions["fir_settings"] = settings.model_copy(update={"api_max_wait_s": 0.1})
+    try:
+        t0 = time.monotonic()
+        resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=60")
+        assert time.monotonic() - t0 < 5
+    finally:
+        app.extensions["fir_settings"] = settings
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+
+
+def test_bad_wait_values_are_refused(api: ApiEnv) -> None:
+    job_id = _new_job(api)
+    for bad in ("-1", "61", "soon"):
+        resp = api.client.get(f"/api/v1/jobs/{job_id}?wait={bad}")
+        assert resp.status_code == 422, bad
+        assert "wait" in resp.get_data(as_text=True)
+    missing = api.client.get("/api/v1/jobs/99999999?wait=5")
+    assert missing.status_code == 404  # at once, not after the wait
