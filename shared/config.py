@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     precision: Precision = "auto"
     batch_size: int = 16
     loader_workers: int = 1
+    # Bulk embedding (indexing) on the CPU in fp32 through torch.compile: 1.15x (ResNet50) to
+    # 1.22x (Lite0) the eager speed with the same features, after 11-25 s of compiling per
+    # process (bench/RESULTS.md, section 3). ``auto``: when a job has at least
+    # ``compile_min_images`` images to embed (about where the compile time pays back);
+    # ``on``: always; ``off``: never. Queries always run eager (no compile wait, any batch size).
+    compile: Literal["auto", "on", "off"] = "auto"
+    compile_min_images: int = 4000
 
     # Imaging limits
     max_image_pixels: int = 40_000_000

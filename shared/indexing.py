@@ -222,13 +222,15 @@ def embed_missing(
             progress(done, total)
 
     paths = [Path(infos[i].location or "") for i in todo]
+    compiled = use_compile(settings, embedder, total)
     writer = _ChunkWriter(write)
     pending: list[EmbedResult] = []
     start = 0  # position in ``todo`` of the pending chunk's first item
     covered = 0  # items the pending batches cover
     try:
         for part in embedder.iter_paths(paths, batch_size=embed_batch or settings.batch_size,
-                                        workers=settings.loader_workers, progress=show_bar, desc="embedding"):
+                                        workers=settings.loader_workers, progress=show_bar, desc="embedding",
+                                        compiled=compiled):
             pending.append(part)
             covered += len(part.ok) + len(part.errors)
             if covered >= batch_size:
@@ -244,6 +246,17 @@ def _chunk(todo: list[int], start: int, count: int, parts: list[EmbedResult], di
     merged = merge_results(parts, dim)
     rel = EmbedResult(merged.vectors, merged.ok - start, {i - start: r for i, r in merged.errors.items()})
     return _Chunk(ids=todo[start : start + count], result=rel)
+
+
+def use_compile(settings: Settings, embedder: Embedder, images: int) -> bool:
+    """Whether a bulk embedding of ``images`` images runs through the compiled forward
+    (``settings.compile``; only where :meth:`Embedder.can_compile` allows)."""
+    if settings.compile == "off" or not embedder.can_compile():
+        return False
+    wanted = settings.compile == "on" or images >= settings.compile_min_images
+    if wanted:
+        log.info("embedding %d images through torch.compile (first batch waits for the compile)", images)
+    return wanted
 
 
 def index_catalogue(

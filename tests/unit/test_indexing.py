@@ -130,3 +130,42 @@ def test_a_failed_write_stops_the_run(home: tuple, embedder: Any, monkeypatch: p
         embed_missing(settings, cat_id, mv_id, embedder, None, report, batch_size=8, embed_batch=4)
     assert len(calls) == 2  # the writer stopped at its first error
     assert len(_vectors(settings, cat_id, mv_id)) == report.embedded == 8  # the first chunk stays committed
+
+
+def test_compile_is_used_for_large_cpu_fp32_jobs_only() -> None:
+    from shared.indexing import use_compile
+    from shared.vision.backbone import build_network
+    from shared.vision.embed import Embedder
+
+    net, _ = build_network("resnet50", "none", num_classes=3)
+    fp32 = Embedder(net, "resnet50", 32, device="cpu", precision="fp32")
+    bf16 = Embedder(net, "resnet50", 32, device="cpu", precision="bf16")
+    auto = Settings(compile="auto", compile_min_images=100)
+    assert not use_compile(auto, fp32, 99) and use_compile(auto, fp32, 100)
+    assert use_compile(Settings(compile="on"), fp32, 1)
+    assert not use_compile(Settings(compile="off"), fp32, 10**6)
+    assert not use_compile(Settings(compile="on"), bf16, 10**6)  # only fp32 was measured faithful
+
+
+@pytest.mark.slow
+def test_compiled_indexing_stores_the_eager_features(home: tuple) -> None:
+    """FIR_COMPILE=on: the catalogue goes through torch.compile (batches padded to one shape)
+    and stores the features the eager model gives."""
+    import torch
+
+    from shared.indexing import index_catalogue
+    from shared.vision.backbone import build_network
+    from shared.vision.embed import Embedder
+
+    settings, cat_id, mv_id, _ = home
+    torch.manual_seed(0)
+    net, _ = build_network("resnet50", "none", num_classes=3)
+    compiled = Embedder(net, "resnet50", 32, device="cpu", precision="fp32")
+    report = index_catalogue(settings.model_copy(update={"compile": "on"}), cat_id, mv_id, compiled, None)
+    assert report.embedded == N_GOOD
+    assert compiled._compiled is not None and not compiled._compile_failed  # it really compiled
+    stored = _vectors(settings, cat_id, mv_id)
+    paths = sorted(stored)
+    eager = Embedder(net, "resnet50", 32, device="cpu", precision="fp32")  # the same weights
+    direct = eager.embed_paths([Path(p) for p in paths], batch_size=5, workers=0, progress=False)
+    np.testing.assert_allclose(np.stack([stored[p] for p in paths]), direct.vectors, rtol=1e-4, atol=1e-5)
