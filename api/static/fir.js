@@ -86,14 +86,18 @@
 
   function isTerminal(status) { return TERMINAL.includes(status); }
 
-  /** Poll a job until it finishes; onUpdate(job) after every read. */
+  /** Poll a job until it finishes; onUpdate(job) after every read. Each read long-polls
+      (?wait=): the server answers as soon as the job finishes, or after the interval with
+      its progress, so a result shows the moment it is ready. */
   async function pollJob(jobId, onUpdate, intervalMs) {
     let delay = intervalMs || 400;
     for (;;) {
-      const job = await api("/jobs/" + jobId);
+      const t0 = Date.now();
+      const job = await api("/jobs/" + jobId + "?wait=" + (delay / 1000).toFixed(2));
       if (onUpdate) onUpdate(job);
       if (isTerminal(job.status)) return job;
-      await new Promise((r) => setTimeout(r, delay));
+      const left = delay - (Date.now() - t0);  // a server that answered early (or ignores wait)
+      if (left > 0) await new Promise((r) => setTimeout(r, left));
       delay = Math.min(delay * 1.25, 2000);
     }
   }
