@@ -163,17 +163,21 @@ def extract_cmd(c: Ctx, dataset: Path, fmt: str, path_column: str, category_colu
 @click.option("--select", type=click.Choice(["best", "simplest"]), default="best", show_default=True,
               help="best: the highest cross-validated accuracy. simplest: a linear kernel when it scores "
                    "within one standard error of the best (a much faster router with many training images).")
+@click.option("--pca-dim", type=click.IntRange(min=1), default=None,
+              help="Project the standardised features on this many principal components before the SVC "
+                   "(a smaller, faster router; its cross-validated accuracy is reported).")
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 @pass_ctx
 @handle_errors
-def train_router_cmd(c: Ctx, features: Path | None, cv: int, select: str, out: Path | None) -> None:
+def train_router_cmd(c: Ctx, features: Path | None, cv: int, select: str, pca_dim: int | None,
+                     out: Path | None) -> None:
     """Train the SVM router (grid search over C, kernel, gamma) on a feature set."""
     from shared.pipeline import train_router
     from shared.vision.features import FeatureSet
 
     feats = FeatureSet.load(c.store.require("features", features, "run `fir extract` first"))
     router, path = train_router(feats, c.store, cv=cv, seed=c.settings.seed,
-                                select="simplest" if select == "simplest" else "best")
+                                select="simplest" if select == "simplest" else "best", pca_dim=pca_dim)
     cv_text = f", cross-validated accuracy {router.cv_accuracy:.3f}" if router.cv_accuracy is not None else ""
     click.echo(f"router over {', '.join(router.labels)}: {router.params}{cv_text}")
     click.echo(f"saved to {path} (model {router.model_id})")

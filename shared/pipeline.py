@@ -79,10 +79,11 @@ def extract(samples: Sequence[Sample], model: LoadedModel, store: ArtifactStore,
 
 
 def train_router(features: FeatureSet, store: ArtifactStore, cv: int = 3, seed: int = 0,
-                 out: Path | None = None, select: Selection = "best") -> tuple[Router, Path]:
+                 out: Path | None = None, select: Selection = "best",
+                 pca_dim: int | None = None) -> tuple[Router, Path]:
     usable = features.subset([bool(c) for c in features.categories])
     router = Router.fit(usable.vectors, usable.categories, usable.model_id, usable.backbone, cv=cv, seed=seed,
-                        select=select)
+                        select=select, pca_dim=pca_dim)
     path = out or store.router_path(features.model_id)
     router.save(path)
     store.set_current(router=path)

@@ -160,3 +160,30 @@ def test_simplest_selection_on_data() -> None:
     assert np.mean(np.asarray(kept.route(rings)[0]) == np.asarray(labels)) > 0.9
     with pytest.raises(InvalidInput, match="unknown router selection"):
         Router.fit(x, y, model_id="m", backbone="resnet50", select="fastest")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_pca_router_fast_path_matches_sklearn(kernel: str) -> None:
+    """Router.fit(pca_dim=...): StandardScaler -> PCA -> calibrated SVC; the fast path folds
+    the projection in and gives sklearn's probabilities and decisions."""
+    from shared.vision.router import FastCalibratedSVC
+
+    rng = np.random.default_rng(3)
+    d = 40
+    centres = rng.normal(0, 1.0, size=(3, d))
+    x = np.concatenate([c + rng.normal(0, 1, size=(80, d)) for c in centres]).astype(np.float32)
+    y = [f"c{i}" for i in range(3) for _ in range(80)]
+    router = Router.fit(x, y, model_id="m", backbone="resnet50", cv=0, pca_dim=8,
+                        params={"svc__kernel": kernel, "svc__C": 1.0, "svc__gamma": "scale"})
+    assert router.params["pca_dim"] == 8
+    assert router.pipeline is not None and len(router.pipeline.steps) == 3
+    fast = FastCalibratedSVC(router.pipeline)
+    assert fast.pca is not None
+    queries = rng.normal(0, 1.5, size=(300, d)).astype(np.float32)
+    ref = router.pipeline.predict_proba(queries)
+    np.testing.assert_allclose(fast.predict_proba(queries), ref, rtol=0, atol=1e-6)
+    router.predictor = "fast"
+    assert np.array_equal(router.predict_proba(queries).argmax(1), ref.argmax(1))
+    assert np.mean(np.asarray(router.route(x)[0]) == np.asarray(y)) > 0.9
+    with pytest.raises(InvalidInput, match="pca_dim"):
+        Router.fit(x, y, model_id="m", backbone="resnet50", cv=0, pca_dim=0)
