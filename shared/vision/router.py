@@ -80,7 +80,7 @@ class FastCalibratedSVC:
     def __init__(self, pipeline: Pipeline, dtype: type[np.floating[Any]] = np.float64) -> None:
         steps = [step for _, step in pipeline.steps]
         self.pca: PCA | None = None
-        if len(steps) == 3 and isinstance(steps[1], PCA) and not steps[1].whiten:
+        if len(steps) == 3 and isinstance(steps[1], PCA):
             self.pca = steps.pop(1)  # StandardScaler -> PCA -> calibrated SVC (Router.fit(pca_dim=...))
         if len(steps) != 2 or not isinstance(steps[0], StandardScaler) \
                 or not isinstance(steps[1], CalibratedClassifierCV):
@@ -109,10 +109,12 @@ class FastCalibratedSVC:
             z -= np.asarray(self.scaler.mean_, dtype=dtype)
         if self.scaler.with_std:
             z /= np.asarray(self.scaler.scale_, dtype=dtype)
-        if self.pca is not None:  # PCA.transform: centre, then project on the components
+        if self.pca is not None:  # PCA.transform: centre, project on the components, whiten
             z -= np.asarray(self.pca.mean_, dtype=dtype)
             with single_thread_blas() if len(z) <= SINGLE_THREAD_QUERIES else contextlib.nullcontext():
                 z = z @ np.asarray(self.pca.components_, dtype=dtype).T
+            if self.pca.whiten:
+                z /= np.sqrt(np.asarray(self.pca.explained_variance_, dtype=dtype))
         return z
 
     def predict_proba(self, x: npt.NDArray[np.float32]) -> FloatArray:
@@ -139,10 +141,14 @@ class FastCalibratedSVC:
 
 def _reducer(pca_dim: int | None, shape: tuple[int, ...], seed: int) -> list[Any]:
     """The steps before the SVC: standardisation, and PCA to ``pca_dim`` dimensions (at most
-    the features' dimension, and fewer than the smallest training fold has rows)."""
+    the features' dimension, and fewer than the smallest training fold has rows), whitened:
+    every component comes out with unit variance, as the SVC's ``gamma`` (``auto``:
+    1 / n_features; ``scale``) assumes of standardised input. Unwhitened, the first
+    components dwarf the rest and an RBF kernel with gamma = 1/256 memorised the training set
+    (accuracy 0.60 where the whitened projection gave 0.96, bench/RESULTS.md section 4)."""
     steps: list[Any] = [StandardScaler()]
     if pca_dim is not None and pca_dim < shape[1]:
-        steps.append(PCA(n_components=min(pca_dim, max(1, shape[0] // 2 - 1)), random_state=seed))
+        steps.append(PCA(n_components=min(pca_dim, max(1, shape[0] // 2 - 1)), whiten=True, random_state=seed))
     return steps
 
 
