@@ -187,3 +187,27 @@ def test_pca_router_fast_path_matches_sklearn(kernel: str) -> None:
     assert np.mean(np.asarray(router.route(x)[0]) == np.asarray(y)) > 0.9
     with pytest.raises(InvalidInput, match="pca_dim"):
         Router.fit(x, y, model_id="m", backbone="resnet50", cv=0, pca_dim=0)
+
+
+def test_pca_router_generalises_on_correlated_features() -> None:
+    """Correlated features (a shared low-rank structure, as CNN features have): the projected
+    components must come out with unit variance, or an RBF kernel with gamma = 1/pca_dim
+    only memorises the training points."""
+    rng = np.random.default_rng(7)
+    d = 256
+    centres = rng.normal(0, 0.25, (3, d))
+    basis = rng.normal(0, 1, (16, d)) / 2
+
+    def draw(m: int) -> tuple[np.ndarray, list[str]]:
+        cls = rng.integers(0, 3, m)
+        x = centres[cls] + rng.normal(0, 1, (m, 16)) @ basis + rng.normal(0, 1, (m, d))
+        return x.astype(np.float32), [("dress", "shirt", "toptee")[c] for c in cls]
+
+    x, y = draw(600)
+    xt, yt = draw(300)
+    plain = Router.fit(x, y, model_id="m", backbone="resnet50", cv=0)
+    small = Router.fit(x, y, model_id="m", backbone="resnet50", cv=0, pca_dim=32)
+    acc_plain = np.mean(np.asarray(plain.route(xt)[0]) == np.asarray(yt))
+    acc_small = np.mean(np.asarray(small.route(xt)[0]) == np.asarray(yt))
+    assert acc_plain > 0.8
+    assert acc_small > acc_plain - 0.1
