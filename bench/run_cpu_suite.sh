@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU benchmarks behind bench/RESULTS.md, one after another (never in parallel: on a
-# 2-core machine concurrent runs make every timing meaningless). About 45 minutes.
+# 2-core machine concurrent runs make every timing meaningless). About 80 minutes.
 #   bash bench/run_cpu_suite.sh [log folder]
 set -u
 cd "$(dirname "$0")/.."
@@ -16,10 +16,11 @@ run() {
   echo "   rc=$? in $(( $(date +%s) - t0 )) s"
 }
 run router bench.bench_router --sizes 5000,10000
-run search bench.bench_search --plan 10000x2048,77000x2048,300000x2048 --fp16 77000x2048 --pca 300000x2048
+run search_hard bench.bench_search --data hard --plan 77000x2048,300000x2048 --fp16 77000x2048,300000x2048 --ef 64,128,256
 run search_tight bench.bench_search --data tight --plan 10000x2048,77000x2048,300000x2048 --fp16 10000x2048,77000x2048,300000x2048 --ef 32,48,64,128
 # 1M x 2048 in 24 GB: the catalogue generated in float16 and only the fp16-stored graphs built
-run search_1m bench.bench_search --data tight --plan 1000000x2048 --catalogue-dtype float16 --no-fp32-index --fp16 1000000x2048 --ef 32,64,128 --exact-queries 5
+run search_1m bench.bench_search --data tight --plan 1000000x2048 --catalogue-dtype float16 --no-fp32-index --fp16 1000000x2048 --ef 64,128,192,256,384 --exact-queries 3
 run precision bench.bench_precision --backbone efficientnet_lite0 --weights imagenet --compile
+run precision_r50 bench.bench_precision --backbone resnet50 --weights none --compile --gallery 300 --queries 100
 run indexing bench.bench_indexing --images 256 --size 160 --batch 16 --rounds 3 --workers 1,2
 run service bench.bench_service --backend both --queries 20 --burst 50
