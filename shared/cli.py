@@ -10,12 +10,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from shared.config import Settings
 from shared.errors import FirError
+
+if TYPE_CHECKING:
+    from shared.vision.router import Selection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,7 +180,7 @@ def train_router_cmd(c: Ctx, features: Path | None, cv: int, select: str, pca_di
 
     feats = FeatureSet.load(c.store.require("features", features, "run `fir extract` first"))
     router, path = train_router(feats, c.store, cv=cv, seed=c.settings.seed,
-                                select="simplest" if select == "simplest" else "best", pca_dim=pca_dim)
+                                select=cast("Selection", select), pca_dim=pca_dim)
     cv_text = f", cross-validated accuracy {router.cv_accuracy:.3f}" if router.cv_accuracy is not None else ""
     click.echo(f"router over {', '.join(router.labels)}: {router.params}{cv_text}")
     click.echo(f"saved to {path} (model {router.model_id})")

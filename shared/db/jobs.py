@@ -184,7 +184,7 @@ def get_job_status(session: Session, job_id: int) -> str:
     """A job's status alone (one indexed column: cheap enough to poll)."""
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     if status is None:
-        return _info(_row(session, job_id)).status  # raises NotFound with the usual message
+        raise NotFound(f"job {job_id} not found")
     return str(status)
 
 

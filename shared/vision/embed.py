@@ -134,9 +134,8 @@ class Embedder:
         n = batch.shape[0]
         if n > size or not self.can_compile():
             return self.embed_tensor(batch)
-        x = batch.contiguous(memory_format=torch.channels_last)
-        if n < size:
-            x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+        x = batch if n == size else torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
+        x = x.contiguous(memory_format=torch.channels_last)
         try:
             if self._compiled is None:
                 # channels_last (measured faithful and no slower in fp32): eager calls follow
@@ -228,8 +227,7 @@ class Embedder:
                     log.warning("skipped %s: %s", paths[i], reason)
                 if good:
                     batch = images[good] if len(good) < len(errs) else images
-                    feats = (self._embed_compiled(batch, batch_size) if compiled and self.can_compile()
-                             else self.embed_tensor(batch))
+                    feats = self._embed_compiled(batch, batch_size) if compiled else self.embed_tensor(batch)
                 else:
                     feats = np.zeros((0, self.feature_dim), np.float32)
                 bar.update(len(errs))

@@ -152,22 +152,19 @@ def _reducer(pca_dim: int | None, shape: tuple[int, ...], seed: int) -> list[Any
     return steps
 
 
-def _simplest(results: dict[str, Any], folds: int, best: dict[str, Any],
-              best_score: float) -> tuple[dict[str, Any], float]:
+def _simplest(results: dict[str, Any], folds: int) -> tuple[dict[str, Any], float]:
     """The one-standard-error rule over a grid search's results: the best-scoring linear-kernel
     candidate if its mean accuracy is within one standard error (fold std / sqrt(folds)) of
-    the best candidate's, else the best."""
+    the best candidate's, else the best candidate (the first of equals, as GridSearchCV)."""
     means = np.asarray(results["mean_test_score"], dtype=np.float64)
     stds = np.asarray(results["std_test_score"], dtype=np.float64)
     top = int(np.argmax(means))
     floor = means[top] - stds[top] / np.sqrt(folds)
     linear = [i for i, p in enumerate(results["params"]) if p.get("svc__kernel") == "linear"]
-    if not linear:
-        return best, best_score
-    pick = max(linear, key=lambda i: (means[i], -float(results["params"][i].get("svc__C", 1.0))))
-    if means[pick] >= floor - 1e-12:
-        return dict(results["params"][pick]), float(means[pick])
-    return best, best_score
+    pick = max(linear, key=lambda i: (means[i], -float(results["params"][i].get("svc__C", 1.0))), default=top)
+    if means[pick] < floor - 1e-12:
+        pick = top
+    return dict(results["params"][pick]), float(means[pick])
 
 
 def _calibrate(calibrator: Any, pred: FloatArray) -> FloatArray:
@@ -347,7 +344,7 @@ class Router:
             params = dict(search.best_params_)
             cv_acc = float(search.best_score_)
             if select == "simplest":
-                params, cv_acc = _simplest(search.cv_results_, folds, params, cv_acc)
+                params, cv_acc = _simplest(search.cv_results_, folds)
             log.info("router grid search (%s): %s, cv accuracy %.3f", select, params, cv_acc)
         svc_params = {k.removeprefix("svc__"): v for k, v in params.items()}
         # Probabilities by Platt scaling over cross-validated decision values of one SVC

@@ -135,11 +135,11 @@ def test_simplest_selection_prefers_a_linear_router_within_one_standard_error() 
                "mean_test_score": [0.95, 0.94, 0.94], "std_test_score": [0.03, 0.0, 0.0]}
     best = results["params"][0]
     # 0.95 - 0.03 / sqrt(3) = 0.933: both linear candidates qualify; the smaller C wins the tie
-    assert _simplest(results, 3, best, 0.95) == ({"svc__kernel": "linear", "svc__C": 0.1}, 0.94)
+    assert _simplest(results, 3) == ({"svc__kernel": "linear", "svc__C": 0.1}, 0.94)
     results["std_test_score"] = [0.01, 0.0, 0.0]  # 0.944: no linear candidate is close enough
-    assert _simplest(results, 3, best, 0.95) == (best, 0.95)
+    assert _simplest(results, 3) == (best, 0.95)
     rbf_only = {"params": [best], "mean_test_score": [0.95], "std_test_score": [0.0]}
-    assert _simplest(rbf_only, 3, best, 0.95) == (best, 0.95)
+    assert _simplest(rbf_only, 3) == (best, 0.95)
 
 
 def test_simplest_selection_on_data() -> None:
