@@ -11,15 +11,16 @@ from flask import url_for
 from api.app import fir_settings
 from api.routes.common import db, iso
 from api.schemas import JobList, JobOut, JobsQuery, JobWaitQuery, ResultPage, ResultsQuery
+from shared import jobbell
 from shared.db import services
 from shared.errors import Conflict
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 
 INLINE_RESULTS = 100
-# A waiting GET /jobs/<id> reads the job's status this often (one indexed row: far cheaper than
-# a client's HTTP poll, which costs the API a request and the worker CPU time).
-WAIT_POLL_S = 0.005
+# A waiting GET /jobs/<id> watches the job bell (shared/jobbell.py: a stat per millisecond) and
+# reads the job's status when it rings, and at least this often in any case.
+WAIT_DB_POLL_S = 0.05
 
 
 def _hits(result: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -100,17 +101,21 @@ def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]
 def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
     """Status, progress, timestamps, error, and for a finished query its ranked results.
     ``wait=S`` answers when the job has finished or S seconds have passed (long polling)."""
-    wait = min(float(query["wait"]), fir_settings().api_max_wait_s)
+    settings = fir_settings()
+    wait = min(float(query["wait"]), settings.api_max_wait_s)
+    bell = jobbell.bell_path(settings.resolved_home())
+    seen = jobbell.stamp(bell)  # before the first read: a job finishing after it rings anew
     with db() as session:
         job = services.get_job(session, job_id)
         if job.terminal or wait <= 0:
             return job_out(session, job)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        time.sleep(min(WAIT_POLL_S, max(deadline - time.monotonic(), 0.0)))
+        jobbell.wait_for_ring(bell, seen, min(deadline, time.monotonic() + WAIT_DB_POLL_S))
+        seen = jobbell.stamp(bell)
         with db() as session:
             if services.get_job_status(session, job_id) in services.TERMINAL:
-                break
+                return job_out(session, services.get_job(session, job_id))  # one read transaction
     with db() as session:
         return job_out(session, services.get_job(session, job_id))
 

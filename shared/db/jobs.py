@@ -13,7 +13,7 @@ workers racing on one job cannot both win.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from shared.db.models import (
     QueryResultRow,
     utcnow,
 )
+from shared.db.session import FINISHED_JOBS
 from shared.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 
 JobType = Literal["query", "index", "reindex", "dedup", "train", "backfill", "evaluate"]
@@ -87,7 +88,8 @@ class JobInfo:
         return self.status in TERMINAL
 
 
-def _info(row: Job) -> JobInfo:
+def _info(row: Any) -> JobInfo:
+    """From an ORM ``Job`` or a Core row of the jobs table (same attribute names)."""
     return JobInfo(
         id=row.id,
         type=row.type,
@@ -110,11 +112,12 @@ def _info(row: Job) -> JobInfo:
     )
 
 
-def _row(session: Session, job_id: int, *, lock: bool = False) -> Job:
-    stmt = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+def _row(session: Session, job_id: int, *, lock: bool = False) -> Any:
+    """The job's current row (a Core row: no ORM identity map to go stale)."""
+    stmt = select(JOBS).where(JOBS.c.id == job_id)
     if lock:
         stmt = stmt.with_for_update()
-    row = session.scalars(stmt).first()
+    row = session.execute(stmt).first()
     if row is None:
         raise NotFound(f"job {job_id} not found")
     return row
@@ -129,12 +132,14 @@ def create_job(
     model_version_id: int | None = None,
     idempotency_key: str | None = None,
     progress_total: int | None = None,
+    task_id: str | None = None,
 ) -> tuple[JobInfo, bool]:
     """Create a queued job; returns ``(job, created)``.
 
     With an ``idempotency_key`` already used, the existing job comes back with
     ``created=False`` (enqueue only when ``created``); reusing a key for a different job type
-    or different params raises :class:`Conflict`.
+    or different params raises :class:`Conflict`. ``task_id`` records the broker's task id up
+    front when the caller chooses it (saving :func:`set_job_task_id`'s transaction).
     """
     check_choice("job type", job_type, JOB_TYPES)
     params_n = json_normal(params) if params is not None else None
@@ -154,6 +159,7 @@ def create_job(
         progress_done=0,
         progress_total=progress_total,
         attempts=0,
+        task_id=task_id,
     )
     try:
         with session.begin_nested():
@@ -245,6 +251,7 @@ def transition_job(
             values["started_at"] = now
     if new_status in TERMINAL:
         values["finished_at"] = now
+        session.info[FINISHED_JOBS] = True  # session_scope rings the job bell after the commit
     if new_status == "failed":
         values["error_code"] = error_code or "internal"
         values["error_message"] = error_message
@@ -263,7 +270,13 @@ def transition_job(
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidTransition(f"job {job_id} changed status meanwhile (was {old})")
-    return _info(_row(session, job_id))
+    # the row as it now stands, without reading it again (the compare-and-set above held)
+    changed = {k: v for k, v in values.items() if k not in ("attempts", "result")}
+    if new_status == "running":
+        changed["attempts"] = row.attempts + 1
+    if result is not None:
+        changed["result"] = values["result"]
+    return replace(_info(row), **changed)
 
 
 def set_job_task_id(session: Session, job_id: int, task_id: str) -> None:
@@ -392,16 +405,14 @@ def write_query_results(
 
 def get_query_results(session: Session, job_id: int) -> QueryResultInfo | None:
     """A query job's stored answer with its items' keys, categories and locations; or None."""
-    header = session.scalar(select(QueryResult).where(QueryResult.job_id == job_id))
-    if header is None:
+    found = session.execute(
+        select(QueryResult, ModelVersion.model_id)
+        .outerjoin(ModelVersion, ModelVersion.id == QueryResult.model_version_id)
+        .where(QueryResult.job_id == job_id)
+    ).first()
+    if found is None:
         return None
-    model_id = (
-        session.scalar(
-            select(ModelVersion.model_id).where(ModelVersion.id == header.model_version_id)
-        )
-        if header.model_version_id is not None
-        else None
-    )
+    header, model_id = found
     hits = [
         QueryHit(
             rank=r.rank,

@@ -1,6 +1,7 @@
 """Engines and sessions: one engine per database URL per process, one session per unit of work.
 
-``session_scope(target)`` commits on success and rolls back on error. Engines are cached per
+``session_scope(target)`` commits on success and rolls back on error; after a commit that
+finished a job (see :data:`FINISHED_JOBS`) it rings FIR home's job bell (:mod:`shared.jobbell`). Engines are cached per
 URL; after a fork the child drops (without closing) the connections it inherited, so a
 Celery prefork child never shares a socket or SQLite handle with its parent.
 
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import jobbell
 from shared.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -32,6 +34,9 @@ _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _engine_pids: dict[str, int] = {}  # the process whose connections each cached pool holds
 _fork_hook_installed = False
+
+# ``session.info`` key: set by a transition to a terminal status, read after the commit
+FINISHED_JOBS = "fir_finished_jobs"
 
 
 def _url_of(target: str | Settings | None) -> str:
@@ -128,6 +133,9 @@ def session_scope(
         raise
     finally:
         session.close()
+    if session.info.get(FINISHED_JOBS) and not isinstance(target, Engine | str):
+        # a job reached a terminal status in this (committed) transaction: wake the long polls
+        jobbell.ring(jobbell.bell_path((target or Settings()).resolved_home()))
 
 
 def _dispose_in_child() -> None:

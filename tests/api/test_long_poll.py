@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from api.routes.jobs import WAIT_DB_POLL_S
+from shared import jobbell
 from shared.db import services
-from shared.db.session import session_scope
+from shared.db.session import get_engine, session_scope
 from tests.api.conftest import ApiEnv
 
 
@@ -73,3 +77,52 @@ def test_bad_wait_values_are_refused(api: ApiEnv) -> None:
         assert "wait" in resp.get_data(as_text=True)
     missing = api.client.get("/api/v1/jobs/99999999?wait=5")
     assert missing.status_code == 404  # at once, not after the wait
+
+
+def test_finishing_a_job_rings_the_bell_after_the_commit_only(api: ApiEnv) -> None:
+    bell = jobbell.bell_path(api.settings.resolved_home())
+    job_id = _new_job(api)
+    before = jobbell.stamp(bell)
+    with session_scope(api.settings) as s:
+        services.transition_job(s, job_id, "running")  # not terminal: no ring
+    assert jobbell.stamp(bell) == before
+    with pytest.raises(RuntimeError), session_scope(api.settings) as s:
+        services.transition_job(s, job_id, "succeeded")
+        raise RuntimeError("rolled back")
+    assert jobbell.stamp(bell) == before  # rolled back: nothing finished, no ring
+    with session_scope(api.settings) as s:
+        services.transition_job(s, job_id, "succeeded")
+    assert jobbell.stamp(bell) != before
+
+
+def test_a_waiting_request_reads_the_database_rarely(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _new_job(api)
+    reads = []
+    real = services.get_job_status
+    monkeypatch.setattr(services, "get_job_status", lambda s, j: reads.append(j) or real(s, j))
+    resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=0.5")
+    assert resp.get_json()["status"] == "queued"
+    # the bell is watched in between: 0.5 s / WAIT_DB_POLL_S reads at most, not one per few ms
+    assert 1 <= len(reads) <= 0.5 / WAIT_DB_POLL_S + 2
+
+
+def test_a_job_finished_without_a_ring_is_still_seen(api: ApiEnv) -> None:
+    """A process that rings no bell this API sees (another file system): the database poll
+    still answers the wait, within WAIT_DB_POLL_S."""
+    job_id = _new_job(api)
+    engine = get_engine(api.settings)
+
+    def finish() -> None:
+        time.sleep(0.2)
+        with session_scope(engine) as s:  # an engine target rings nothing
+            services.transition_job(s, job_id, "running")
+            services.transition_job(s, job_id, "succeeded")
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    t0 = time.monotonic()
+    resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=20")
+    took = time.monotonic() - t0
+    thread.join(10)
+    assert resp.get_json()["status"] == "succeeded"
+    assert took < 10

@@ -1,14 +1,18 @@
-"""The embedded broker's message files appear whole: a consumer never reads a half-written one."""
+"""The embedded broker: message files appear whole (a consumer never reads a half-written
+one), and a put wakes a waiting consumer through the broker bell."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from kombu import Connection
 
+from shared import jobbell
 from worker import factory  # noqa: F401  (points the filesystem:// alias at FIR's transport)
-from worker.fs_transport import Transport
+from worker.fs_transport import BELL, Transport
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +27,9 @@ def _in_tmp(_control_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(_control_home)
 
 
-def _connection(folder: Path) -> Connection:
+def _connection(folder: Path, **extra: float) -> Connection:
     options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-               "processed_folder": str(folder / "processed"), "store_processed": False}
+               "processed_folder": str(folder / "processed"), "store_processed": False, **extra}
     (folder / "processed").mkdir(parents=True, exist_ok=True)
     return Connection("filesystem://", transport_options=options)
 
@@ -95,4 +99,54 @@ def test_the_message_name_appears_only_with_the_whole_payload(tmp_path: Path,
         message = queue.get(timeout=2)
         assert message.payload == {"n": 7}
         message.ack()
+        queue.close()
+
+
+def _put_later(folder: Path, payload: dict[str, int], delay: float, *, ring: bool = True) -> threading.Thread:
+    """Another producer (its own connection) puts a message after ``delay`` seconds; with
+    ``ring=False`` it is kombu's own transport, which knows nothing of the bell."""
+    from kombu.transport import filesystem as kombu_fs
+
+    def put() -> None:
+        time.sleep(delay)
+        options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+        conn = (Connection("filesystem://", transport_options=options) if ring
+                else Connection(transport=kombu_fs.Transport, transport_options=options))
+        with conn:
+            conn.SimpleQueue("gpu").put(payload)
+
+    thread = threading.Thread(target=put)
+    thread.start()
+    return thread
+
+
+def test_a_waiting_consumer_is_woken_by_the_bell(tmp_path: Path) -> None:
+    """With a 5 s polling interval, a put still reaches a waiting consumer at once: the put
+    rings the bell the consumer watches between looks."""
+    with _connection(tmp_path, polling_interval=5.0) as conn:
+        queue = conn.SimpleQueue("gpu")
+        before = jobbell.stamp(tmp_path / BELL)
+        thread = _put_later(tmp_path, {"n": 3}, delay=0.3)
+        t0 = time.monotonic()
+        message = queue.get(timeout=20)
+        took = time.monotonic() - t0
+        thread.join(5)
+        assert message.payload == {"n": 3}
+        message.ack()
+        assert jobbell.stamp(tmp_path / BELL) != before
+        assert took < 3  # not the 5 s polling interval
+        queue.close()
+
+
+def test_a_message_that_rings_nothing_is_still_found(tmp_path: Path) -> None:
+    """A producer that does not ring (kombu's own transport): the next look, one polling
+    interval later at most, finds its message."""
+    with _connection(tmp_path, polling_interval=0.2) as conn:
+        queue = conn.SimpleQueue("gpu")
+        thread = _put_later(tmp_path, {"n": 4}, delay=0.3, ring=False)
+        message = queue.get(timeout=20)
+        thread.join(5)
+        assert message.payload == {"n": 4}
+        message.ack()
+        assert not (tmp_path / BELL).exists()  # nobody rang
         queue.close()
