@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import services
@@ -73,22 +74,30 @@ class ModelHolder:
         log.info("loaded model version %d (%s, %s)", version_id, model.model_id, embedder.describe())
         return LoadedVersion(version_id, model, router, embedder)
 
-    def version(self) -> LoadedVersion:
-        """The active model version, loaded (reloaded after a switch)."""
-        with session_scope(self.settings) as session:
-            active = services.get_active_model_version(session)
+    def _active_id(self, session: Session) -> int:
+        active = services.get_active_model_version(session)
         if active is None:
             raise NoActiveModel("no active model version; train one and activate it (`fir models activate`)")
+        return active.id
+
+    def _loaded(self, version_id: int) -> LoadedVersion:
         with self._lock:
-            if self._version is None or self._version.version_id != active.id:
-                self._version = self._load_version(active.id)
+            if self._version is None or self._version.version_id != version_id:
+                self._version = self._load_version(version_id)
                 self._catalogues.clear()
             return self._version
 
-    def snapshot(self, catalogue_id: int) -> Snapshot:
-        version = self.version()
+    def version(self) -> LoadedVersion:
+        """The active model version, loaded (reloaded after a switch)."""
         with session_scope(self.settings) as session:
-            generation = services.get_index_generation(session, catalogue_id, version.version_id)
+            active_id = self._active_id(session)
+        return self._loaded(active_id)
+
+    def snapshot(self, catalogue_id: int) -> Snapshot:
+        with session_scope(self.settings) as session:  # one read for the version and the generation
+            active_id = self._active_id(session)
+            generation = services.get_index_generation(session, catalogue_id, active_id)
+        version = self._loaded(active_id)
         with self._lock:
             cached = self._catalogues.get(catalogue_id)
             if cached is not None and cached.version is version and cached.generation == generation:

@@ -17,12 +17,13 @@ import numpy as np
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import services
+from shared.db.jobs import JobInfo
 from shared.db.session import dispose_after_fork, session_scope
 from shared.errors import BadImage, FirError, InvalidTransition, NotFound
-from shared.imaging import load_image
 from shared.indexing import index_catalogue
 from worker.celery_app import app
 from worker.factory import (
@@ -76,32 +77,37 @@ def _delivery(task: Any) -> tuple[str | None, bool]:
     return getattr(request, "id", None), bool(info.get("redelivered"))
 
 
-def _claim(job_id: int, task_id: str | None = None, redelivered: bool = False,
-           stale_after_s: float | None = None) -> bool:
-    """queued -> running; False when another delivery already took it or it is finished.
+def _take(session: Session, job_id: int, task_id: str | None = None, redelivered: bool = False,
+          stale_after_s: float | None = None) -> JobInfo | None:
+    """queued -> running inside the caller's transaction; the running job, or None when another
+    delivery already took it or it is finished.
 
     A *running* job is taken over (running -> queued -> running) when this delivery is the
     job's own message redelivered after its worker was lost (acks_late + reject on worker
     loss), or when the job has not been touched for ``stale_after_s``: skipping it would lose
     an accepted job."""
+    job = services.get_job(session, job_id)
+    if job.status == "running":
+        own = task_id is not None and job.task_id == task_id
+        age = (datetime.now(UTC) - job.updated_at).total_seconds() if job.updated_at else 0.0
+        stale = stale_after_s is not None and age > stale_after_s
+        if (own and redelivered) or stale:
+            log.warning("job %d: taken over after its worker was lost (redelivered=%s, idle %.0f s)",
+                        job_id, redelivered, age)
+            services.transition_job(session, job_id, "queued")
+            return services.transition_job(session, job_id, "running")
+    if job.status != "queued":
+        log.info("job %d is %s: skipped", job_id, job.status)
+        return None
+    return services.transition_job(session, job_id, "running")
+
+
+def _claim(job_id: int, task_id: str | None = None, redelivered: bool = False,
+           stale_after_s: float | None = None) -> bool:
+    """:func:`_take` in a transaction of its own; False when the job was not taken."""
     try:
         with session_scope(settings(), immediate=True) as session:
-            job = services.get_job(session, job_id)
-            if job.status == "running":
-                own = task_id is not None and job.task_id == task_id
-                age = (datetime.now(UTC) - job.updated_at).total_seconds() if job.updated_at else 0.0
-                stale = stale_after_s is not None and age > stale_after_s
-                if (own and redelivered) or stale:
-                    log.warning("job %d: taken over after its worker was lost (redelivered=%s, idle %.0f s)",
-                                job_id, redelivered, age)
-                    services.transition_job(session, job_id, "queued")
-                    services.transition_job(session, job_id, "running")
-                    return True
-            if job.status != "queued":
-                log.info("job %d is %s: skipped", job_id, job.status)
-                return False
-            services.transition_job(session, job_id, "running")
-            return True
+            return _take(session, job_id, task_id, redelivered, stale_after_s) is not None
     except (InvalidTransition, NotFound) as exc:
         log.info("job %d not claimed: %s", job_id, exc)
         return False
@@ -127,20 +133,35 @@ def _fail(job_id: int, exc: BaseException) -> None:
 
 
 # -- queries -------------------------------------------------------------------------------
-def _waiting_queries(job_id: int, limit: int) -> list[int]:
-    """This job and other query jobs waiting in the queue, oldest first (micro-batching)."""
-    with session_scope(settings()) as session:
+def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: int) -> list[JobInfo]:
+    """This delivery's job (when it can be taken) and up to ``limit - 1`` other query jobs
+    waiting in the queue, oldest first (micro-batching), claimed in one transaction.
+
+    Jobs are taken in ascending id order, so that two workers claiming overlapping batches
+    lock rows in the same order (PostgreSQL): one waits for the other, and never deadlocks."""
+    claimed: list[JobInfo] = []
+    with session_scope(settings(), immediate=True) as session:
         waiting = services.list_jobs(session, status="queued", job_type="query", limit=limit * 4)
-    others = sorted(j.id for j in waiting if j.id != job_id)[: max(limit - 1, 0)]
-    return [job_id, *others]
+        others = sorted(j.id for j in waiting if j.id != job_id)[: max(limit - 1, 0)]
+        for j in sorted([job_id, *others]):
+            try:
+                if j == job_id:
+                    taken = _take(session, j, task_id, redelivered, stale_after_s=QUERY_STALE_S)
+                else:
+                    taken = services.transition_job(session, j, "running")
+            except (InvalidTransition, NotFound) as exc:  # another worker took it first
+                log.info("job %d not claimed: %s", j, exc)
+                continue
+            if taken is not None:
+                claimed.append(taken)
+    return claimed
 
 
 @app.task(name=TASK_QUERY, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_query(self: Any, job_id: int) -> dict[str, Any]:
     s = settings()
     task_id, redelivered = _delivery(self)
-    own = _claim(job_id, task_id, redelivered, stale_after_s=QUERY_STALE_S)
-    claimed = ([job_id] if own else []) + [j for j in _waiting_queries(job_id, s.query_batch_max)[1:] if _claim(j)]
+    claimed = _claim_queries(job_id, task_id, redelivered, s.query_batch_max)
     if not claimed:
         if _running_elsewhere(job_id) and task_id is not None:
             # another worker's batch took this job: look again later, and take it over if that
@@ -151,17 +172,16 @@ def run_query(self: Any, job_id: int) -> dict[str, Any]:
         answer_queries(claimed)
     except SoftTimeLimitExceeded:
         for j in claimed:
-            _finish(j, "failed", error_code="time_limit", error_message="the query ran past its time limit")
+            _finish(j.id, "failed", error_code="time_limit", error_message="the query ran past its time limit")
         raise
-    return {"answered": claimed}
+    return {"answered": [j.id for j in claimed]}
 
 
-def answer_queries(job_ids: list[int]) -> None:
-    """Embed the waiting queries together, then route and search each one."""
+def answer_queries(claimed: list[JobInfo]) -> None:
+    """Embed the claimed queries together, then route and search each one."""
     s = settings()
     holder = get_holder(s)
-    with session_scope(s) as session:
-        jobs = {j: services.get_job(session, j) for j in job_ids}
+    jobs = {job.id: job for job in claimed}
     by_catalogue: dict[int, list[int]] = defaultdict(list)
     for j, job in jobs.items():
         by_catalogue[int((job.params or {})["catalogue_id"])].append(j)
@@ -184,7 +204,8 @@ def answer_queries(job_ids: list[int]) -> None:
                     vectors[j] = _item_vector(snap, int(params["item_id"]))[None, :]
                 else:
                     paths = params.get("uploads") or [params["upload"]]
-                    loaded = [load_image(Path(p), max_pixels=s.max_image_pixels) for p in paths]
+                    # decoded as indexing decodes, so a catalogue photo finds its own vector
+                    loaded = [engine.embedder.decode(Path(p)) for p in paths]
                     images.extend(loaded)
                     owners.extend([j] * len(loaded))
             except (BadImage, FirError) as exc:
@@ -209,9 +230,9 @@ def answer_queries(job_ids: list[int]) -> None:
                     threshold=float(params.get("threshold") or s.fallback_threshold),
                 )
                 elapsed = embed_ms / max(len(ids), 1)
+                # One transaction per answer. The compare-and-set transition comes first: a job
+                # cancelled while it ran raises InvalidTransition and nothing is written.
                 with session_scope(s, immediate=True) as session:
-                    if services.get_job(session, j).status != "running":
-                        continue  # cancelled while it ran
                     if params.get("uploads"):
                         services.transition_job(session, j, "succeeded", result={
                             "model_version_id": snap.version.version_id,
@@ -222,6 +243,7 @@ def answer_queries(job_ids: list[int]) -> None:
                                        "routed_categories": a.route or [], "probabilities": a.probabilities}
                                       for n, a in enumerate(answers)]})
                         continue
+                    services.transition_job(session, j, "succeeded")
                     answer = answers[0]
                     services.write_query_results(
                         session, j,
@@ -233,7 +255,6 @@ def answer_queries(job_ids: list[int]) -> None:
                         routing=params.get("routing"),
                         elapsed_ms=elapsed + sum(answer.timings_ms.values()),
                     )
-                    services.transition_job(session, j, "succeeded")
             except InvalidTransition:
                 continue
             except FirError as exc:

@@ -74,6 +74,15 @@ class EmbedResult:
     errors: dict[int, str] = field(default_factory=dict)
 
 
+def decode_for_model(path: Path, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image file decoded for a model of ``image_size``: JPEG is drafted (downscaled by a
+    power of two while decoding) no further than the resize step needs. Indexing and queries
+    both decode this way, so a catalogue photo sent as a query gets the vector it was indexed
+    with."""
+    side = resize_size(image_size)
+    return load_image(path, max_pixels=max_pixels, draft_size=(side, side))
+
+
 class _PathDataset(Dataset[tuple[torch.Tensor, int, str]]):
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
                  image_size: int, max_pixels: int) -> None:
@@ -81,14 +90,13 @@ class _PathDataset(Dataset[tuple[torch.Tensor, int, str]]):
         self.transform = transform
         self.image_size = image_size
         self.max_pixels = max_pixels
-        self.draft = (resize_size(image_size), resize_size(image_size))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=self.draft)
+            img = decode_for_model(self.paths[i], self.image_size, self.max_pixels)
             return self.transform(img), i, ""
         except BadImage as exc:
             return torch.zeros(3, self.image_size, self.image_size), i, exc.reason
@@ -180,6 +188,10 @@ class Embedder:
         with autocast_context(self.device, self.precision):
             feats = self.net.features(x)
         return feats.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def decode(self, path: Path) -> Image.Image:
+        """``path`` decoded as :meth:`iter_paths` decodes it (:func:`decode_for_model`)."""
+        return decode_for_model(path, self.image_size, self.max_pixels)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> npt.NDArray[np.float32]:
         if not images:

@@ -169,3 +169,20 @@ def test_compiled_indexing_stores_the_eager_features(home: tuple) -> None:
     eager = Embedder(net, "resnet50", 32, device="cpu", precision="fp32")  # the same weights
     direct = eager.embed_paths([Path(p) for p in paths], batch_size=5, workers=0, progress=False)
     np.testing.assert_allclose(np.stack([stored[p] for p in paths]), direct.vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_a_query_photo_is_decoded_as_it_was_indexed(embedder: Any, tmp_path: Path) -> None:
+    """A large catalogue JPEG, embedded by the indexing loader and decoded the way the worker
+    decodes an uploaded query: the same vector, so the photo finds itself with cosine 1."""
+    from PIL import Image
+
+    path = tmp_path / "big.jpg"
+    Image.effect_noise((1200, 900), 50).convert("RGB").save(path, quality=92)
+    indexed = embedder.embed_paths([path], workers=0, progress=False).vectors[0]
+    queried = embedder.embed_images([embedder.decode(path)])[0]
+    np.testing.assert_allclose(queried, indexed, rtol=0, atol=1e-5)
+    # the full-size decode the worker used before gives another vector
+    from shared.imaging import load_image
+
+    full = embedder.embed_images([load_image(path)])[0]
+    assert np.abs(full - indexed).max() > 1e-3
