@@ -12,7 +12,8 @@ from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[str, int], str | None]
+# (task name, job id, task id or None) -> the broker's task id; a given task id is used as is
+Enqueue = Callable[[str, int, str | None], str | None]
 
 
 def celery_enqueuer(settings: Settings) -> Enqueue:
@@ -21,8 +22,8 @@ def celery_enqueuer(settings: Settings) -> Enqueue:
 
     celery = make_celery(settings)
 
-    def enqueue(task_name: str, job_id: int) -> str | None:
-        result = celery.send_task(task_name, args=[job_id], queue=queue_of(task_name))
+    def enqueue(task_name: str, job_id: int, task_id: str | None = None) -> str | None:
+        result = celery.send_task(task_name, args=[job_id], queue=queue_of(task_name), task_id=task_id)
         return str(result.id)
 
     return enqueue
@@ -69,11 +70,11 @@ def fir_settings() -> Settings:
     return current_app.extensions["fir_settings"]
 
 
-def enqueue(task_name: str, job_id: int) -> str | None:
+def enqueue(task_name: str, job_id: int, task_id: str | None = None) -> str | None:
     from flask import current_app
 
     fn: Any = current_app.extensions["fir_enqueue"]
-    return fn(task_name, job_id)
+    return fn(task_name, job_id, task_id)
 
 
 def _dedup_blueprint() -> Any:

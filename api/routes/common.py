@@ -19,16 +19,18 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @contextmanager
-def db() -> Iterator[Session]:
+def db(write: bool | None = None) -> Iterator[Session]:
     """One session for a unit of work inside a request.
 
     A request that may write (POST, PUT, PATCH, DELETE) begins its transaction with SQLite's
     write lock (``BEGIN IMMEDIATE``). A deferred transaction that reads first and writes later
     has to upgrade its lock, and SQLite answers an upgrade that meets another writer with
     SQLITE_BUSY at once, without waiting out the busy timeout; taking the lock at BEGIN waits
-    in line instead. Reads never take it. PostgreSQL is unaffected.
+    in line instead. Reads never take it, nor does ``write=False`` (a read-only unit of work
+    inside a writing request: it does not queue behind the workers' writes). PostgreSQL is
+    unaffected.
     """
-    writes = has_request_context() and request.method not in SAFE_METHODS
+    writes = has_request_context() and request.method not in SAFE_METHODS if write is None else write
     with session_scope(fir_settings(), immediate=writes) as session:
         yield session
 

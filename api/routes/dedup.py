@@ -35,7 +35,7 @@ from shared.dedup.detect import DEFAULT_THRESHOLD
 from shared.dedup.export import export_csv, export_json, group_records, run_record
 from shared.dedup.run import DedupRequest
 from shared.errors import Conflict, UnknownCategory
-from shared.imaging import load_image, probe_image
+from shared.imaging import validate_image
 from worker.factory import TASK_DEDUP
 
 bp = APIBlueprint("dedup", __name__, url_prefix="/api/v1", tag="Dedup")
@@ -168,8 +168,7 @@ def check_duplicate(catalogue_id: int, form: dict[str, Any]) -> tuple[dict[str, 
     with db() as session:
         services.get_catalogue(session, catalogue_id)
     data = read_upload(form["file"])
-    load_image(data, max_pixels=s.max_image_pixels)  # refuse bad images before anything is written
-    fmt = probe_image(data, max_pixels=s.max_image_pixels)[0]
+    fmt = validate_image(data, max_pixels=s.max_image_pixels)  # refuse bad images before anything is written
     sha = hashlib.sha256(data).hexdigest()
     with db() as session:
         if form.get("category") and form["category"] not in listing.count_by_category(session, catalogue_id):

@@ -14,7 +14,7 @@ from api.routes.common import db, job_url, resolve_catalogue
 from api.schemas import JobAccepted, QueryFormIn, QueryJsonIn
 from shared.db import services
 from shared.errors import InvalidInput
-from shared.imaging import load_image, probe_image
+from shared.imaging import validate_image
 from worker.factory import TASK_QUERY
 
 bp = APIBlueprint("queries", __name__, url_prefix="/api/v1", tag="Queries")
@@ -29,14 +29,13 @@ def _validate_category(params: dict[str, Any]) -> None:
 
 
 def submit(params: dict[str, Any], key: str | None) -> tuple[dict[str, Any], int, dict[str, str]]:
+    # the broker's task id is chosen here and stored with the job: one write transaction
+    task_id = str(uuid.uuid4())
     with db() as session:
-        job, created = services.create_job(session, "query", params=params,
-                                           catalogue_id=params["catalogue_id"], idempotency_key=key)
+        job, created = services.create_job(session, "query", params=params, catalogue_id=params["catalogue_id"],
+                                           idempotency_key=key, task_id=task_id)
     if created:
-        task_id = enqueue(TASK_QUERY, job.id)
-        if task_id:
-            with db() as session:
-                services.set_job_task_id(session, job.id, task_id)
+        enqueue(TASK_QUERY, job.id, task_id)
     return {"job_id": job.id}, 202, {"Location": job_url(job.id)}
 
 
@@ -48,7 +47,7 @@ def _idempotency_key() -> str | None:
 
 
 def _common(data: dict[str, Any]) -> dict[str, Any]:
-    with db() as session:
+    with db(write=False) as session:
         cat = resolve_catalogue(session, data["catalogue"])
     params = {"catalogue_id": cat.id, "k": data["k"], "metric": data["metric"], "routing": data["routing"],
               "category": data.get("category"), "threshold": data.get("threshold")}
@@ -72,7 +71,7 @@ def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, s
     key = _idempotency_key()
     params = _common(form)
     if key is not None:
-        with db() as session:
+        with db(write=False) as session:
             known = services.get_job_by_idempotency_key(session, key)
         if known is not None:
             return {"job_id": known.id}, 202, {"Location": job_url(known.id)}
@@ -81,12 +80,11 @@ def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, s
         raise InvalidInput(f"a batch query takes at most {MAX_BATCH} files, got {len(files)}")
     if len(files) > 1 and params["k"] > MAX_BATCH_K:
         raise InvalidInput(f"k is at most {MAX_BATCH_K} in a batch query")
-    # Every file is read and fully decoded before anything is written.
+    # Every file is read and decoded (validate_image) before anything is written.
     blobs = []
     for f in files:
         data = read_upload(f)
-        load_image(data, max_pixels=s.max_image_pixels)
-        blobs.append((data, probe_image(data, max_pixels=s.max_image_pixels)[0]))
+        blobs.append((data, validate_image(data, max_pixels=s.max_image_pixels)))
     folder = s.resolved_home() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

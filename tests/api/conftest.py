@@ -15,9 +15,9 @@ from shared.config import Settings
 class Sent:
     calls: list[tuple[str, int]] = field(default_factory=list)
 
-    def __call__(self, task: str, job_id: int) -> str:
+    def __call__(self, task: str, job_id: int, task_id: str | None = None) -> str:
         self.calls.append((task, job_id))
-        return f"task-{len(self.calls)}"
+        return task_id or f"task-{len(self.calls)}"
 
 
 @dataclass

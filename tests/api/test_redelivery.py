@@ -76,3 +76,27 @@ def test_a_stale_running_job_is_taken_over(api: ApiEnv, tasks: Any) -> None:
     out = _deliver(tasks.run_query, job_id, "t-stale", redelivered=False)
     assert job_id in out["answered"]
     assert api.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
+
+
+def test_a_query_job_stores_the_task_id_its_message_carries(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submit chooses the task id, stores it with the job and sends the message under it,
+    so that a redelivery of that message is recognised as the job's own."""
+    given: list[str | None] = []
+    real = api.client.application.extensions["fir_enqueue"]
+
+    def spy(task: str, job_id: int, task_id: str | None = None) -> str | None:
+        given.append(task_id)
+        return real(task, job_id, task_id)
+
+    monkeypatch.setitem(api.client.application.extensions, "fir_enqueue", spy)
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), (90, 30, 160)).save(buf, "JPEG")
+    buf.seek(0)
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "k": "3", "file": (buf, "q.jpg")})
+    assert resp.status_code == 202
+    job_id = int(resp.get_json()["job_id"])
+    with session_scope(api.settings) as session:
+        stored = services.get_job(session, job_id).task_id
+    assert given and given[0] is not None and stored == given[0]
+    assert api.client.delete(f"/api/v1/jobs/{job_id}").status_code == 200  # leave no queued query behind

@@ -41,7 +41,7 @@ def isolated_app(indexed_home: tuple[Settings, int, int], tmp_path_factory: pyte
     with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)  # consistent even with WAL pages not yet checkpointed
     own = Settings(home=home, database_url=f"sqlite:///{copy}", broker_url="filesystem://", loader_workers=0)
-    app = create_app(own, enqueue=lambda task, job_id: f"recorded-{job_id}")
+    app = create_app(own, enqueue=lambda task, job_id, task_id=None: task_id or f"recorded-{job_id}")
     app.config["TESTING"] = True
     return app
 

@@ -38,7 +38,7 @@ def test_request_session_takes_the_write_lock_only_for_writes(tmp_path: Path, me
     from shared.db.session import dispose_engines
 
     settings = Settings(home=tmp_path, broker_url="filesystem://")
-    app = create_app(settings, enqueue=lambda task, job_id: "t")
+    app = create_app(settings, enqueue=lambda task, job_id, task_id=None: task_id or "t")
     path = Path(settings.resolved_database_url().removeprefix("sqlite:///"))
     try:
         with app.test_request_context("/api/v1/anything", method=method), db() as session:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import BadImage, ImageTooLarge
-from shared.imaging import load_image, probe_image
+from shared.imaging import load_image, probe_image, validate_image
 
 
 def _jpeg(img: Image.Image, **kw: object) -> bytes:
@@ -104,3 +104,24 @@ def test_disallowed_format() -> None:
 
 def test_probe_reads_header_only() -> None:
     assert probe_image(_jpeg(Image.new("RGB", (30, 20)))) == ("JPEG", 30, 20)
+
+
+def test_validate_image_refuses_what_load_image_refuses() -> None:
+    """The upload check decodes JPEG at 1/8 scale: it must still see data cut short anywhere."""
+    big = Image.effect_noise((800, 600), 60).convert("RGB")
+    data = _jpeg(big, quality=90)
+    assert validate_image(data) == "JPEG"
+    for cut in (len(data) // 4, len(data) // 2, len(data) - 200):
+        with pytest.raises(BadImage, match="truncated"):
+            validate_image(data[:cut])
+        with pytest.raises(BadImage):
+            load_image(data[:cut])
+    with pytest.raises(BadImage, match="not a recognised"):
+        validate_image(b"GIF89a but not really")
+    with pytest.raises(ImageTooLarge):
+        validate_image(data, max_pixels=1000)
+    png = io.BytesIO()
+    big.save(png, "PNG")
+    assert validate_image(png.getvalue()) == "PNG"
+    with pytest.raises(BadImage):
+        validate_image(png.getvalue()[: len(png.getvalue()) // 2])
