@@ -4,8 +4,10 @@
 
 For each backend it sets up a fresh FIR home (a ResNet50 with random weights at 224 px, its
 router, a generated catalogue indexed), starts a real worker and the API (gunicorn), then:
-- single queries one after another: submit -> succeeded (the client long-polls the job with
-  ``?wait=10``, as FIR's clients should), p50 / p95;
+- single queries one after another: submit -> succeeded (the client keeps its connection
+  alive and long-polls the job with ``?wait=10``, as FIR's clients should), p50 / p95, and
+  the p50 of each stage: the submit request, submitted -> started (broker and claim), the
+  worker (started -> finished), finished -> answer received;
 - a burst of N queries submitted at once: time until all have succeeded, with micro-batching
   (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
 The bare forward time is one warm 224 px image through the same model in this process.
@@ -20,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -86,18 +90,42 @@ def wait_ready(base: str, timeout: float = 120) -> None:
     raise RuntimeError("service did not become ready")
 
 
-def one_query(base: str, image: bytes) -> float:
-    t0 = time.perf_counter()
-    r = requests.post(f"{base}/api/v1/queries", data={"catalogue": "bench", "k": "10"},
+STAGES = ("submit", "queue", "work", "answer")
+
+
+_client = threading.local()
+
+
+def http() -> requests.Session:
+    """This thread's HTTP session: connections kept alive, as a client of a polled API keeps them."""
+    if not hasattr(_client, "session"):
+        _client.session = requests.Session()
+    return _client.session  # type: ignore[no-any-return]
+
+
+def one_query(base: str, image: bytes, stages: list[dict[str, float]] | None = None) -> float:
+    """One query's latency (ms); with ``stages``, appends where the time went (ms): the submit
+    request, submitted -> started (broker and claim), started -> finished (the worker), and
+    finished -> answer received (the long poll noticing it and the response)."""
+    wall0, t0 = time.time(), time.perf_counter()
+    r = http().post(f"{base}/api/v1/queries", data={"catalogue": "bench", "k": "10"},
                       files={"file": ("q.jpg", image, "image/jpeg")}, timeout=60)
     r.raise_for_status()
+    t_submitted = time.perf_counter()
     job_id = r.json()["job_id"]
     while True:  # long polling: the API answers as soon as the job has finished
-        status = requests.get(f"{base}/api/v1/jobs/{job_id}", params={"wait": 10}, timeout=60).json()["status"]
-        if status in ("succeeded", "failed", "cancelled"):
-            if status != "succeeded":
-                raise RuntimeError(f"job {job_id} {status}")
-            return (time.perf_counter() - t0) * 1000
+        job = http().get(f"{base}/api/v1/jobs/{job_id}", params={"wait": 10}, timeout=60).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['status']}")
+            t_done = time.perf_counter()
+            if stages is not None:
+                # the job's timestamps on this run's perf_counter clock
+                started, finished = (t0 + datetime.fromisoformat(job[k]).timestamp() - wall0
+                                     for k in ("started_at", "finished_at"))
+                stages.append({"submit": (t_submitted - t0) * 1000, "queue": (started - t_submitted) * 1000,
+                               "work": (finished - started) * 1000, "answer": (t_done - finished) * 1000})
+            return (t_done - t0) * 1000
 
 
 def burst(base: str, image: bytes, n: int) -> float:
@@ -160,14 +188,16 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
                 wait_ready(base)
                 for _ in range(3):
                     one_query(base, image)  # warm-up: model loaded, index in memory
-                lat = sorted(one_query(base, image) for _ in range(queries))
+                stages: list[dict[str, float]] = []
+                lat = sorted(one_query(base, image, stages) for _ in range(queries))
+                split = " / ".join(f"{statistics.median(st[k] for st in stages):.1f}" for k in STAGES)
                 p50 = statistics.median(lat)
                 p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
                 total = burst(base, image, burst_n)
             finally:
                 stop(procs)
             rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
-                        f"| {total:.1f} | {burst_n / total:.1f} |")
+                        f"| {split} | {total:.1f} | {burst_n / total:.1f} |")
         if name == "redis-postgres":
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
@@ -182,8 +212,8 @@ def main() -> None:
     args = ap.parse_args()
     print(machine_header("End-to-end query latency (HTTP submit -> result ready)"))
     print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
-          f"| {args.burst} at once (s) | queries/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| p50 {' / '.join(STAGES)} (ms) | {args.burst} at once (s) | queries/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
     for b in backends:
         for row in run_backend(b, args.queries, args.burst):
