@@ -18,8 +18,8 @@ from shared.errors import Conflict
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 
 INLINE_RESULTS = 100
-# A waiting GET /jobs/<id> watches the job bell (shared/jobbell.py: a stat per millisecond) and
-# reads the job's status when it rings, and at least this often in any case.
+# A waiting GET /jobs/<id> sleeps on the job bell (shared/jobbell.py; workers ring it when a job
+# finishes) and reads the job's status when it rings, and at least this often in any case.
 WAIT_DB_POLL_S = 0.05
 
 
@@ -103,16 +103,16 @@ def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
     ``wait=S`` answers when the job has finished or S seconds have passed (long polling)."""
     settings = fir_settings()
     wait = min(float(query["wait"]), settings.api_max_wait_s)
-    bell = jobbell.bell_path(settings.resolved_home())
-    seen = jobbell.stamp(bell)  # before the first read: a job finishing after it rings anew
+    bell = jobbell.hub(jobbell.bell_path(settings.resolved_home()))
+    token = bell.token()  # before the first read: a job finishing after it rings anew
     with db() as session:
         job = services.get_job(session, job_id)
         if job.terminal or wait <= 0:
             return job_out(session, job)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        jobbell.wait_for_ring(bell, seen, min(deadline, time.monotonic() + WAIT_DB_POLL_S))
-        seen = jobbell.stamp(bell)
+        bell.wait(token, min(deadline, time.monotonic() + WAIT_DB_POLL_S))
+        token = bell.token()
         with db() as session:
             if services.get_job_status(session, job_id) in services.TERMINAL:
                 return job_out(session, services.get_job(session, job_id))  # one read transaction

@@ -120,9 +120,13 @@ def _put_later(folder: Path, payload: dict[str, int], delay: float, *, ring: boo
     return thread
 
 
-def test_a_waiting_consumer_is_woken_by_the_bell(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_socket", [True, False])
+def test_a_waiting_consumer_is_woken_by_the_bell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 with_socket: bool) -> None:
     """With a 5 s polling interval, a put still reaches a waiting consumer at once: the put
-    rings the bell the consumer watches between looks."""
+    rings the bell the consumer sleeps on (its socket; without one, it watches the file)."""
+    if not with_socket:
+        monkeypatch.setattr(jobbell.Listener, "open", classmethod(lambda cls, path: None))
     with _connection(tmp_path, polling_interval=5.0) as conn:
         queue = conn.SimpleQueue("gpu")
         before = jobbell.stamp(tmp_path / BELL)

@@ -51,3 +51,66 @@ def test_a_bell_that_cannot_ring_does_not_raise(tmp_path: Path) -> None:
     blocker.write_text("a file where the folder should be")
     jobbell.ring(jobbell.bell_path(tmp_path))  # logged, not raised
     assert jobbell.stamp(jobbell.bell_path(tmp_path)) == (0, 0, 0)
+
+
+def test_a_listener_sleeps_until_a_ring(tmp_path: Path) -> None:
+    bell = jobbell.bell_path(tmp_path)
+    listener = jobbell.Listener.open(bell)
+    assert listener is not None
+    try:
+        assert not listener.wait(0.05)  # nothing rang
+        for _ in range(3):
+            jobbell.ring(bell)
+        assert listener.wait(0)  # rings are buffered until read ...
+        assert not listener.wait(0.05)  # ... and all of them are consumed by one wait
+        timer = threading.Timer(0.1, jobbell.ring, args=(bell,))
+        timer.start()
+        t0 = time.monotonic()
+        assert listener.wait(10)
+        assert time.monotonic() - t0 < 5
+        timer.join()
+    finally:
+        listener.close()
+    assert not list(jobbell.listeners_folder(bell).glob("*.sock"))  # closing removes its name
+
+
+def test_a_dead_listener_is_removed_by_the_next_ring(tmp_path: Path) -> None:
+    bell = jobbell.bell_path(tmp_path)
+    listener = jobbell.Listener.open(bell)
+    assert listener is not None
+    listener._sock.close()  # its process died: the name stays, nobody reads it
+    assert Path(listener.name).exists()
+    jobbell.ring(bell)
+    assert not Path(listener.name).exists()
+
+
+def test_no_listener_where_no_socket_can_be_bound(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 120)  # over the Unix socket path limit (107 bytes on Linux)
+    assert jobbell.Listener.open(jobbell.bell_path(deep)) is None
+
+
+@pytest.mark.parametrize("with_socket", [True, False])
+def test_a_hub_wakes_every_waiting_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_socket: bool) -> None:
+    """Threads of one process share one listener; without a socket they watch the file."""
+    if not with_socket:
+        monkeypatch.setattr(jobbell.Listener, "open", classmethod(lambda cls, path: None))
+    bell = jobbell.bell_path(tmp_path)
+    hub = jobbell.Hub(bell)
+    assert hub.listening is with_socket
+    token = hub.token()
+    assert not hub.wait(token, time.monotonic() + 0.05)
+    woken: list[float] = []
+
+    def waiter() -> None:
+        if hub.wait(token, time.monotonic() + 10):
+            woken.append(time.monotonic())
+
+    threads = [threading.Thread(target=waiter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    rang = time.monotonic()
+    jobbell.ring(bell)
+    for t in threads:
+        t.join(10)
+    assert len(woken) == 4 and max(woken) - rang < 5
