@@ -10,7 +10,8 @@ router, a generated catalogue indexed), starts a real worker and the API (gunico
   worker (started -> finished), finished -> answer received;
 - a burst of N queries submitted at once: time until all have succeeded, with micro-batching
   (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
-The bare forward time is one warm 224 px image through the same model in this process.
+The bare forward time is one warm 224 px image through the same model in this process, timed
+alternately with the single queries (one forward, one query, ...) while the service idles.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -135,7 +137,8 @@ def burst(base: str, image: bytes, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def bare_forward_ms(home: Path) -> float:
+def bare_forward(home: Path) -> Callable[[], float]:
+    """One warm single-image forward of the service's model in this process, timed (ms)."""
     from shared.imaging import load_image
     from shared.pipeline import embedder_for
     from shared.vision.modelfile import load_model
@@ -145,12 +148,13 @@ def bare_forward_ms(home: Path) -> float:
     img = load_image(next((home / "catalogue" / "test" / "dress").glob("*.jpg")))
     for _ in range(3):
         emb.embed_images([img])
-    times = []
-    for _ in range(15):
+
+    def timed() -> float:
         t0 = time.perf_counter()
         emb.embed_images([img])
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        return (time.perf_counter() - t0) * 1000
+
+    return timed
 
 
 def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
@@ -176,7 +180,7 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
             redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
         cat = setup_home(home, env)
         image = next((cat / "test" / "shirt").glob("*.jpg")).read_bytes()
-        forward = bare_forward_ms(home)
+        forward_once = bare_forward(home)
         for batch_max in (16, 1):
             env["FIR_QUERY_BATCH_MAX"] = str(batch_max)
             with socket.socket() as s:
@@ -188,8 +192,15 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
                 wait_ready(base)
                 for _ in range(3):
                     one_query(base, image)  # warm-up: model loaded, index in memory
+                # each query beside one bare forward, alternately: the ratio compares the two over
+                # the same minutes (this VM's speed drifts by 10-20 % between runs)
                 stages: list[dict[str, float]] = []
-                lat = sorted(one_query(base, image, stages) for _ in range(queries))
+                lat, forwards = [], []
+                for _ in range(queries):
+                    forwards.append(forward_once())
+                    lat.append(one_query(base, image, stages))
+                lat.sort()
+                forward = statistics.median(forwards)
                 split = " / ".join(f"{statistics.median(st[k] for st in stages):.1f}" for k in STAGES)
                 p50 = statistics.median(lat)
                 p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]

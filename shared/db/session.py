@@ -1,9 +1,9 @@
 """Engines and sessions: one engine per database URL per process, one session per unit of work.
 
 ``session_scope(target)`` commits on success and rolls back on error; after a commit that
-finished a job (see :data:`FINISHED_JOBS`) it rings FIR home's job bell (:mod:`shared.jobbell`). Engines are cached per
-URL; after a fork the child drops (without closing) the connections it inherited, so a
-Celery prefork child never shares a socket or SQLite handle with its parent.
+finished a job (see :data:`FINISHED_JOBS`) it rings FIR home's job bell (:mod:`shared.jobbell`).
+Engines are cached per URL; after a fork the child drops (without closing) the connections it
+inherited, so a Celery prefork child never shares a socket or SQLite handle with its parent.
 
 SQLite connections get ``foreign_keys=ON``, WAL journaling, ``synchronous=NORMAL`` and a busy
 timeout. SQLAlchemy, not the sqlite3 module, emits ``BEGIN`` (the documented recipe), so that
