@@ -20,8 +20,9 @@ from shared.config import Settings
 from shared.errors import InvalidInput
 
 DB_NAME = "fir.db"
-# Not data: the broker's transient files, logs, and the beat schedule are rebuilt on start.
-SKIP_TOP = {"broker", "logs", "celerybeat-schedule", "celerybeat-schedule.db", "prometheus"}
+# Not data: the broker's transient files, logs, the job bell and its sockets (run/), and the
+# beat schedule are rebuilt on start.
+SKIP_TOP = {"broker", "logs", "run", "celerybeat-schedule", "celerybeat-schedule.db", "prometheus"}
 
 
 def _sqlite_path(settings: Settings) -> Path | None:

@@ -26,11 +26,25 @@ def test_backup_then_restore_brings_data_back(tmp_path: Path) -> None:
     (home / "broker").mkdir()
     (home / "broker" / "junk").write_text("transient")
 
+    from shared import jobbell
+
+    bell = jobbell.bell_path(home)
+    listener = jobbell.Listener.open(bell)  # a running API's socket beside the job bell
+    jobbell.ring(bell)
+
     runner = CliRunner()
     archive = tmp_path / "backups" / "fir.tar.gz"
     result = runner.invoke(main, ["--home", str(home), "backup", str(archive)])
+    if listener is not None:
+        listener.close()
     assert result.exit_code == 0, result.output
     assert archive.is_file()
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "home/models/model.pt" in names
+    assert not [n for n in names if n.startswith(("home/run", "home/broker"))]  # transient state
 
     # damage: a catalogue deleted, another added, a model file changed and one removed
     with session_scope(settings) as session:
