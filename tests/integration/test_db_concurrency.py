@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
@@ -158,3 +159,52 @@ def test_parallel_load_matches_the_single_stream(
         assert used == []
     finally:
         engine.dispose()
+
+
+def test_overlapping_query_batch_claims_take_each_job_once(empty_db_url: str, tmp_path: Path) -> None:
+    """Workers claiming micro-batches at once, each from its own message's job, over the same
+    waiting jobs: every job is claimed by exactly one, and none fails (on PostgreSQL two
+    claims that locked rows in opposite orders would deadlock; they lock in id order)."""
+    from shared.config import Settings
+    from shared.db.session import dispose_engines
+    from worker import tasks
+    from worker.celery_app import app
+
+    migrate.upgrade(empty_db_url)
+    settings = Settings(home=tmp_path, database_url=empty_db_url)
+    previous = app.conf.fir_settings
+    app.conf.fir_settings = settings
+    try:
+        with session_scope(settings) as s:
+            ids = [db.create_job(s, "query", params={"catalogue_id": 1})[0].id for _ in range(48)]
+        # each worker's own job sits at the far end of the others' batches
+        owners = [ids[-1 - 2 * i] if i % 2 else ids[2 * i] for i in range(12)]
+        claimed: list[int] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+        lock = threading.Lock()
+
+        def worker(mine: list[int]) -> None:
+            barrier.wait(10)
+            for job_id in mine:
+                try:
+                    got = tasks._claim_queries(job_id, None, False, limit=8)
+                except BaseException as exc:  # noqa: BLE001 - the assertion below reports it
+                    errors.append(exc)
+                    continue
+                with lock:
+                    claimed.extend(j.id for j in got)
+
+        threads = [threading.Thread(target=worker, args=(owners[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert len(claimed) == len(set(claimed))  # nobody took a job twice
+        with session_scope(settings) as s:
+            running = {j.id for j in db.list_jobs(s, status="running", job_type="query", limit=100)}
+        assert running == set(claimed)
+    finally:
+        app.conf.fir_settings = previous
+        dispose_engines()
