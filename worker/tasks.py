@@ -141,8 +141,10 @@ def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: i
     lock rows in the same order (PostgreSQL): one waits for the other, and never deadlocks."""
     claimed: list[JobInfo] = []
     with session_scope(settings(), immediate=True) as session:
-        waiting = services.list_jobs(session, status="queued", job_type="query", limit=limit * 4)
-        others = sorted(j.id for j in waiting if j.id != job_id)[: max(limit - 1, 0)]
+        others: list[int] = []
+        if limit > 1:
+            waiting = services.list_jobs(session, status="queued", job_type="query", limit=limit * 4)
+            others = sorted(j.id for j in waiting if j.id != job_id)[: limit - 1]
         for j in sorted([job_id, *others]):
             try:
                 if j == job_id:

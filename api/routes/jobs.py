@@ -114,8 +114,9 @@ def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
         bell.wait(token, min(deadline, time.monotonic() + WAIT_DB_POLL_S))
         token = bell.token()
         with db() as session:
-            if services.get_job_status(session, job_id) in services.TERMINAL:
-                return job_out(session, services.get_job(session, job_id))  # one read transaction
+            job = services.get_job(session, job_id)
+            if job.terminal:
+                return job_out(session, job)
     with db() as session:
         return job_out(session, services.get_job(session, job_id))
 

@@ -186,14 +186,6 @@ def get_job(session: Session, job_id: int) -> JobInfo:
     return _info(_row(session, job_id))
 
 
-def get_job_status(session: Session, job_id: int) -> str:
-    """A job's status alone (one indexed column: cheap enough to poll)."""
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
-    if status is None:
-        raise NotFound(f"job {job_id} not found")
-    return str(status)
-
-
 def get_job_by_idempotency_key(session: Session, key: str) -> JobInfo | None:
     row = session.scalar(select(Job).where(Job.idempotency_key == key))
     return None if row is None else _info(row)

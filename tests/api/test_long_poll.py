@@ -98,8 +98,8 @@ def test_finishing_a_job_rings_the_bell_after_the_commit_only(api: ApiEnv) -> No
 def test_a_waiting_request_reads_the_database_rarely(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = _new_job(api)
     reads = []
-    real = services.get_job_status
-    monkeypatch.setattr(services, "get_job_status", lambda s, j: reads.append(j) or real(s, j))
+    real = services.get_job
+    monkeypatch.setattr(services, "get_job", lambda s, j: reads.append(j) or real(s, j))
     resp = api.client.get(f"/api/v1/jobs/{job_id}?wait=0.5")
     assert resp.get_json()["status"] == "queued"
     # the bell is watched in between: 0.5 s / WAIT_DB_POLL_S reads at most, not one per few ms
