@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,13 +313,13 @@ def nightly_reindex() -> list[int]:
     with session_scope(s) as session:
         catalogues = [c for c in services.list_catalogues(session) if c.source_path]
     for cat in catalogues:
+        task_id = str(uuid.uuid4())  # stored with the job, then the message is sent under it
         with session_scope(s) as session:
             job, new = services.create_job(session, "reindex", params={"catalogue_id": cat.id, "full": False},
-                                           catalogue_id=cat.id, idempotency_key=f"nightly-{day}-{cat.id}")
+                                           catalogue_id=cat.id, idempotency_key=f"nightly-{day}-{cat.id}",
+                                           task_id=task_id)
         if new:
-            res = app.send_task(TASK_INDEX, args=[job.id], queue=queue_of(TASK_INDEX))
-            with session_scope(s) as session:
-                services.set_job_task_id(session, job.id, res.id)
+            app.send_task(TASK_INDEX, args=[job.id], queue=queue_of(TASK_INDEX), task_id=task_id)
             created.append(job.id)
     return created
 

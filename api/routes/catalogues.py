@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 
 from api.app import enqueue, fir_settings
 from api.auth import can_read
-from api.routes.common import db, iso, item_out, job_url
+from api.routes.common import db, iso, item_out, job_url, new_task_id
 from api.schemas import (
     CatalogueIn,
     CatalogueList,
@@ -150,13 +150,11 @@ def read_upload(file: FileStorage) -> bytes:
 
 
 def _enqueue_index(catalogue_id: int) -> int:
+    task_id = new_task_id()
     with db() as session:
         job, _ = services.create_job(session, "index", params={"catalogue_id": catalogue_id, "full": False},
-                                     catalogue_id=catalogue_id)
-    task_id = enqueue(TASK_INDEX, job.id)
-    if task_id:
-        with db() as session:
-            services.set_job_task_id(session, job.id, task_id)
+                                     catalogue_id=catalogue_id, task_id=task_id)
+    enqueue(TASK_INDEX, job.id, task_id)
     return job.id
 
 
@@ -303,13 +301,11 @@ def delete_item(item_id: int) -> tuple[str, int]:
 @bp.output(JobAccepted, status_code=202)
 def reindex(catalogue_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Re-index incrementally; ``{"full": true}`` re-embeds everything."""
+    task_id = new_task_id()
     with db() as session:
         services.get_catalogue(session, catalogue_id)
         job, _ = services.create_job(session, "reindex", params={"catalogue_id": catalogue_id,
                                                                   "full": bool(body.get("full"))},
-                                     catalogue_id=catalogue_id)
-    task_id = enqueue(TASK_INDEX, job.id)
-    if task_id:
-        with db() as session:
-            services.set_job_task_id(session, job.id, task_id)
+                                     catalogue_id=catalogue_id, task_id=task_id)
+    enqueue(TASK_INDEX, job.id, task_id)
     return {"job_id": job.id}, 202, {"Location": job_url(job.id)}

@@ -12,7 +12,7 @@ from flask import Response, url_for
 
 from api.app import enqueue, fir_settings
 from api.routes.catalogues import EXTENSIONS, read_upload
-from api.routes.common import db, iso, job_url
+from api.routes.common import db, iso, job_url, new_task_id
 from api.routes.queries import submit
 from api.schemas import (
     CheckDuplicateIn,
@@ -64,6 +64,7 @@ def _run_out(session: Any, run: store.DedupRunInfo) -> dict[str, Any]:
 def start_dedup(catalogue_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     since = body.get("since")
     request = DedupRequest.from_params({**body, "since": since.isoformat() if since is not None else None})
+    task_id = new_task_id()
     with db() as session:
         services.get_catalogue(session, catalogue_id)
         active = services.get_active_model_version(session)
@@ -72,11 +73,8 @@ def start_dedup(catalogue_id: int, body: dict[str, Any]) -> tuple[dict[str, Any]
         if request.category is not None and request.category not in listing.count_by_category(session, catalogue_id):
             raise UnknownCategory(f"catalogue {catalogue_id} has no active items in category {request.category!r}")
         job, _ = services.create_job(session, "dedup", params={"catalogue_id": catalogue_id, **request.as_params()},
-                                     catalogue_id=catalogue_id, model_version_id=active.id)
-    task_id = enqueue(TASK_DEDUP, job.id)
-    if task_id:
-        with db() as session:
-            services.set_job_task_id(session, job.id, task_id)
+                                     catalogue_id=catalogue_id, model_version_id=active.id, task_id=task_id)
+    enqueue(TASK_DEDUP, job.id, task_id)
     return {"job_id": job.id}, 202, {"Location": job_url(job.id)}
 
 

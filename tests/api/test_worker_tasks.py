@@ -26,13 +26,20 @@ def tasks(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     previous = app.conf.fir_settings
     app.conf.fir_settings = api.settings
     sent: list[tuple[str, list[int]]] = []
+    task_ids: list[str | None] = []
 
     class _Result:
         id = "recorded"
 
-    monkeypatch.setattr(app, "send_task", lambda name, args, queue: sent.append((name, args)) or _Result())
+    def send_task(name: str, args: list[int], queue: str, task_id: str | None = None) -> Any:
+        sent.append((name, args))
+        task_ids.append(task_id)
+        return _Result()
+
+    monkeypatch.setattr(app, "send_task", send_task)
     holder.reset_holder()
     tasks.sent = sent  # type: ignore[attr-defined]
+    tasks.task_ids = task_ids  # type: ignore[attr-defined]
     yield tasks
     app.conf.fir_settings = previous
     holder.reset_holder()
@@ -96,6 +103,8 @@ def test_nightly_reindex_is_idempotent_per_day(api: ApiEnv, tasks: Any) -> None:
     assert tasks.nightly_reindex.run() == []  # the same day: no second job
     job = api.client.get(f"/api/v1/jobs/{first[0]}").get_json()
     assert job["type"] == "reindex" and job["status"] == "queued"
+    with session_scope(api.settings) as session:  # the message went out under the job's task id
+        assert services.get_job(session, first[0]).task_id == tasks.task_ids[0] is not None
 
 
 def test_housekeeping_expires_results_and_fails_stuck_jobs(api: ApiEnv, tasks: Any) -> None:
