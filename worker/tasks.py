@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,7 +312,7 @@ def nightly_reindex() -> list[int]:
     with session_scope(s) as session:
         catalogues = [c for c in services.list_catalogues(session) if c.source_path]
     for cat in catalogues:
-        task_id = str(uuid.uuid4())  # stored with the job, then the message is sent under it
+        task_id = services.new_task_id()
         with session_scope(s) as session:
             job, new = services.create_job(session, "reindex", params={"catalogue_id": cat.id, "full": False},
                                            catalogue_id=cat.id, idempotency_key=f"nightly-{day}-{cat.id}",

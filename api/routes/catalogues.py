@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 
 from api.app import enqueue, fir_settings
 from api.auth import can_read
-from api.routes.common import db, iso, item_out, job_url, new_task_id
+from api.routes.common import db, iso, item_out, job_url
 from api.schemas import (
     CatalogueIn,
     CatalogueList,
@@ -150,7 +150,7 @@ def read_upload(file: FileStorage) -> bytes:
 
 
 def _enqueue_index(catalogue_id: int) -> int:
-    task_id = new_task_id()
+    task_id = services.new_task_id()
     with db() as session:
         job, _ = services.create_job(session, "index", params={"catalogue_id": catalogue_id, "full": False},
                                      catalogue_id=catalogue_id, task_id=task_id)
@@ -301,7 +301,7 @@ def delete_item(item_id: int) -> tuple[str, int]:
 @bp.output(JobAccepted, status_code=202)
 def reindex(catalogue_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Re-index incrementally; ``{"full": true}`` re-embeds everything."""
-    task_id = new_task_id()
+    task_id = services.new_task_id()
     with db() as session:
         services.get_catalogue(session, catalogue_id)
         job, _ = services.create_job(session, "reindex", params={"catalogue_id": catalogue_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,12 +33,6 @@ def db(write: bool | None = None) -> Iterator[Session]:
     writes = has_request_context() and request.method not in SAFE_METHODS if write is None else write
     with session_scope(fir_settings(), immediate=writes) as session:
         yield session
-
-
-def new_task_id() -> str:
-    """The broker's task id for a job about to be created: stored with the job row, then the
-    message is sent under it (one write transaction; a redelivery is recognised as the job's own)."""
-    return str(uuid.uuid4())
 
 
 def iso(value: datetime | None) -> str | None:

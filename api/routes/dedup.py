@@ -12,7 +12,7 @@ from flask import Response, url_for
 
 from api.app import enqueue, fir_settings
 from api.routes.catalogues import EXTENSIONS, read_upload
-from api.routes.common import db, iso, job_url, new_task_id
+from api.routes.common import db, iso, job_url
 from api.routes.queries import submit
 from api.schemas import (
     CheckDuplicateIn,
@@ -64,7 +64,7 @@ def _run_out(session: Any, run: store.DedupRunInfo) -> dict[str, Any]:
 def start_dedup(catalogue_id: int, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     since = body.get("since")
     request = DedupRequest.from_params({**body, "since": since.isoformat() if since is not None else None})
-    task_id = new_task_id()
+    task_id = services.new_task_id()
     with db() as session:
         services.get_catalogue(session, catalogue_id)
         active = services.get_active_model_version(session)

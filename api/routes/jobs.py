@@ -103,11 +103,14 @@ def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
     ``wait=S`` answers when the job has finished or S seconds have passed (long polling)."""
     settings = fir_settings()
     wait = min(float(query["wait"]), settings.api_max_wait_s)
+    if wait <= 0:  # a plain read: no bell
+        with db() as session:
+            return job_out(session, services.get_job(session, job_id))
     bell = jobbell.hub(jobbell.bell_path(settings.resolved_home()))
     token = bell.token()  # before the first read: a job finishing after it rings anew
     with db() as session:
         job = services.get_job(session, job_id)
-        if job.terminal or wait <= 0:
+        if job.terminal:
             return job_out(session, job)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from flask import request
 
 from api.app import enqueue, fir_settings
 from api.routes.catalogues import EXTENSIONS, read_upload
-from api.routes.common import db, job_url, new_task_id, resolve_catalogue
+from api.routes.common import db, job_url, resolve_catalogue
 from api.schemas import JobAccepted, QueryFormIn, QueryJsonIn
 from shared.db import services
 from shared.errors import InvalidInput
@@ -29,7 +29,7 @@ def _validate_category(params: dict[str, Any]) -> None:
 
 
 def submit(params: dict[str, Any], key: str | None) -> tuple[dict[str, Any], int, dict[str, str]]:
-    task_id = new_task_id()
+    task_id = services.new_task_id()
     with db() as session:
         job, created = services.create_job(session, "query", params=params, catalogue_id=params["catalogue_id"],
                                            idempotency_key=key, task_id=task_id)

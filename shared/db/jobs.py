@@ -12,6 +12,7 @@ workers racing on one job cannot both win.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -123,6 +124,13 @@ def _row(session: Session, job_id: int, *, lock: bool = False) -> Any:
     return row
 
 
+def new_task_id() -> str:
+    """A broker task id chosen before the job row is written: the row stores it and the message
+    is sent under it, so a redelivered message is recognised as the job's own (one write
+    transaction per submitted job)."""
+    return str(uuid.uuid4())
+
+
 def create_job(
     session: Session,
     job_type: str,
@@ -138,8 +146,8 @@ def create_job(
 
     With an ``idempotency_key`` already used, the existing job comes back with
     ``created=False`` (enqueue only when ``created``); reusing a key for a different job type
-    or different params raises :class:`Conflict`. ``task_id`` records the broker's task id up
-    front when the caller chooses it (saving :func:`set_job_task_id`'s transaction).
+    or different params raises :class:`Conflict`. ``task_id`` is the broker's task id the
+    caller will send the job's message under (:func:`new_task_id`), stored with the row.
     """
     check_choice("job type", job_type, JOB_TYPES)
     params_n = json_normal(params) if params is not None else None
@@ -269,15 +277,6 @@ def transition_job(
     if result is not None:
         changed["result"] = values["result"]
     return replace(_info(row), **changed)
-
-
-def set_job_task_id(session: Session, job_id: int, task_id: str) -> None:
-    """Record the broker's task id (after ``send_task``)."""
-    done = session.execute(
-        update(JOBS).where(JOBS.c.id == job_id).values(task_id=task_id, updated_at=utcnow())
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise NotFound(f"job {job_id} not found")
 
 
 def update_job_progress(session: Session, job_id: int, done: int, total: int | None = None) -> bool:

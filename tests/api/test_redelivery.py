@@ -40,7 +40,7 @@ def _running_job(api: ApiEnv, task_id: str, idle_s: float = 0.0) -> int:
                            data={"catalogue": "demo", "k": "3", "file": (buf, "q.jpg")})
     job_id = int(resp.get_json()["job_id"])
     with session_scope(api.settings) as session:
-        services.set_job_task_id(session, job_id, task_id)
+        session.execute(update(Job).where(Job.id == job_id).values(task_id=task_id))
         services.transition_job(session, job_id, "running")  # claimed by a worker that then died
         if idle_s:
             session.execute(update(Job).where(Job.id == job_id)

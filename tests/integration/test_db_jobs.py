@@ -126,9 +126,8 @@ def test_progress(db_session: Session) -> None:
 
 
 def test_task_id_and_listing(db_session: Session) -> None:
-    a, _ = db.create_job(db_session, "query")
+    a, _ = db.create_job(db_session, "query", task_id="t-a")
     b, _ = db.create_job(db_session, "index")
-    db.set_job_task_id(db_session, a.id, "t-a")
     assert db.get_job(db_session, a.id).task_id == "t-a"
     assert [j.id for j in db.list_jobs(db_session)] == [b.id, a.id]
     assert [j.id for j in db.list_jobs(db_session, job_type="query")] == [a.id]
