@@ -217,6 +217,8 @@ def query_cmd(c: Ctx, image: Path, k: int | None, metric: str | None, routing: s
     """Find the catalogue images most similar to IMAGE."""
     from shared.engine import RetrievalEngine
     from shared.imaging import load_image
+    from shared.search.ann import IndexOptions
+    from shared.vision.embed import pick_device
 
     s = c.settings
     routing = routing or ("label" if category else s.routing)
@@ -226,7 +228,8 @@ def query_cmd(c: Ctx, image: Path, k: int | None, metric: str | None, routing: s
     router_path: Path | None = None
     if routing in ("svm", "svm-fallback"):
         router_path = c.store.require("router", router, "run `fir train-router` first")
-    engine = RetrievalEngine.from_files(model_path, features_path, router_path, s.device, s.precision)
+    engine = RetrievalEngine.from_files(model_path, features_path, router_path, s.device, s.precision,
+                                        IndexOptions.from_settings(s, pick_device(s.device)))
     answer = engine.query_images([img], k=k or s.top_k, metric=metric or s.metric, routing=routing,
                                  categories=[category] if category else None,
                                  threshold=threshold if threshold is not None else s.fallback_threshold)[0]

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.
     search_pca_dim: int = 0
     search_rerank: int = 64
+    # Where the worker keeps the index: ``auto`` = on the model's GPU when it has one (exact
+    # top-k there, in ``search_ann_storage`` precision; graphs are not built), else host memory;
+    # ``host``; ``cuda`` / ``cuda:N``.
+    search_device: str = Field(default="auto", pattern=r"^(auto|host|cuda(:[0-9]+)?)$")
 
     # Observability (operators): logs, metrics
     log_format: Literal["json", "text"] = "json"  # service processes; `fir` at a terminal logs text

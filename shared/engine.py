@@ -16,7 +16,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.errors import InvalidInput
-from shared.search.ann import IndexOptions
+from shared.search.ann import IndexOptions, resolve_search_device
 from shared.search.index import METRICS, Metric, ShardedIndex
 from shared.search.routing import check_mode, plan_routes
 from shared.vision.embed import Embedder
@@ -66,16 +66,19 @@ class RetrievalEngine:
         self.router = router
         self.embedder = embedder or Embedder(model.net, model.meta.backbone, model.meta.image_size,
                                              device=device, precision=precision)
-        self.index_options = index_options or IndexOptions()
+        # default: the index on the model's GPU when it runs on one (search_device=auto)
+        self.index_options = index_options or IndexOptions(
+            device=resolve_search_device("auto", self.embedder.device))
         self._indexes: dict[str, ShardedIndex] = {}
 
     @classmethod
     def from_files(cls, model: Path, features: Path, router: Path | None,
-                   device: str = "auto", precision: str = "auto") -> RetrievalEngine:
+                   device: str = "auto", precision: str = "auto",
+                   index_options: IndexOptions | None = None) -> RetrievalEngine:
         loaded = load_model(model)
         feats = FeatureSet.load(features)
         rtr = Router.load(router, expect_model_id=loaded.model_id) if router is not None else None
-        return cls(loaded, feats, rtr, device=device, precision=precision)
+        return cls(loaded, feats, rtr, device=device, precision=precision, index_options=index_options)
 
     @property
     def model_id(self) -> str:

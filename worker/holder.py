@@ -115,7 +115,7 @@ class ModelHolder:
             backbone=version.model.meta.backbone,
         )
         engine = RetrievalEngine(version.model, feats, version.router, embedder=version.embedder,
-                                 index_options=IndexOptions.from_settings(self.settings))
+                                 index_options=IndexOptions.from_settings(self.settings, version.embedder.device))
         snap = Snapshot(version, catalogue_id, generation, engine, ids)
         with self._lock:
             self._catalogues[catalogue_id] = snap

@@ -77,6 +77,12 @@ class IndexOptions:
     # Distances in the graph cost pca_dim/d of a full one. None: off.
     pca_dim: int | None = None
     rerank: int = 64
+    # Where the vectors live and top-k is computed. ``None``: host memory (numpy exact scans and
+    # faiss graphs, above). A torch device name (``cuda``, ``cuda:1``; ``cpu`` runs the same
+    # torch code on the host, for tests): the catalogue is held there once, in ``storage``
+    # precision, and every search is an exact matrix product and top-k on that device (no
+    # graphs: a GPU scans a million vectors in about a millisecond).
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.ann not in ANN_MODES:
@@ -89,12 +95,14 @@ class IndexOptions:
             raise InvalidInput("pca_dim and rerank must be positive")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> IndexOptions:
-        """The options named ``search_*`` in :class:`shared.config.Settings`."""
+    def from_settings(cls, settings: Any, model_device: Any = None) -> IndexOptions:
+        """The options named ``search_*`` in :class:`shared.config.Settings`; ``model_device``
+        (the embedder's torch device) resolves ``search_device=auto``."""
         return cls(ann=settings.search_ann, ann_threshold=settings.search_ann_threshold,
                    hnsw_m=settings.search_hnsw_m, ef_construction=settings.search_ef_construction,
                    ef_search=settings.search_ef_search, storage=settings.search_ann_storage,
-                   pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank)
+                   pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank,
+                   device=resolve_search_device(settings.search_device, model_device))
 
     def wants_ann(self, shard_size: int) -> bool:
         if self.ann == "exact":
@@ -102,6 +110,20 @@ class IndexOptions:
         if self.ann == "hnsw":
             return shard_size > 0
         return shard_size >= self.ann_threshold
+
+
+def resolve_search_device(setting: str, model_device: Any = None) -> str | None:
+    """The index's ``device`` for the ``search_device`` setting: ``auto`` is the model's GPU
+    when the model runs on one and host memory otherwise; ``host`` is always host memory;
+    anything else names a torch device (``cuda``, ``cuda:N``)."""
+    if setting == "host":
+        return None
+    if setting == "auto":
+        kind = getattr(model_device, "type", None) or (str(model_device) if model_device else "")
+        return str(model_device) if kind.startswith("cuda") else None
+    if not setting.startswith("cuda"):
+        raise InvalidInput(f"unknown search device {setting!r} (auto, host, cuda or cuda:N)")
+    return setting
 
 
 def load_faiss() -> Any | None:

@@ -13,6 +13,10 @@ vectors; the exact scan (k above ``max_ann_k``, or ``exact=True``) reads the sam
 Without faiss installed every shard stays exact (one logged warning). A search over the
 whole catalogue (no route) merges the shards' top-k.
 
+On a GPU (``IndexOptions.device``, the worker's ``search_device``) the sorted catalogue is held
+once in device memory (:class:`DeviceVectors`) and every search, routed or not, is an exact
+matrix product and ``torch.topk`` over the shard's slice there: no graphs to build, recall 1.
+
 A few queries at a time run their matrix products on one BLAS thread
 (:func:`shared.threads.single_thread_blas`): a matrix-vector product is memory-bound, and a
 second OpenBLAS thread on a busy 2-core machine made it many times slower, not faster.
@@ -75,6 +79,72 @@ class _Shard:
     vectors: npt.NDArray[Any]  # [n_shard, d] float32 (or float16 under an fp16 graph), normalised for cosine
     sq_norms: FloatArray  # [n_shard] squared norms (euclidean)
     ann: HnswShard | None = None
+    span: tuple[int, int] = (0, 0)  # the shard's rows in a DeviceVectors store (device mode)
+
+
+# A device top-k works on at most this many scores at a time ([queries, shard rows] float32).
+_DEVICE_SCORES = 1 << 26
+
+
+class DeviceVectors:
+    """The catalogue's (sorted, normalised) vectors on a torch device; exact top-k there.
+
+    ``storage`` fp16 halves the memory and the bytes each scan reads; on CUDA the products
+    still accumulate and return float32 (``torch.mm(..., out_dtype=float32)``).
+    """
+
+    def __init__(self, base: FloatArray, metric: Metric, device: str, storage: str) -> None:
+        import torch
+
+        self._torch = torch
+        self.metric = metric
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if storage == "fp16" else torch.float32
+        self.vectors = torch.empty((base.shape[0], base.shape[1]), dtype=self.dtype, device=self.device)
+        self.sq_norms = torch.empty((base.shape[0],), dtype=torch.float32, device=self.device)
+        for lo in range(0, base.shape[0], _FP16_BLOCK):  # uploaded in blocks: small temporaries
+            block = torch.from_numpy(base[lo : lo + _FP16_BLOCK]).to(self.device).to(self.dtype)
+            self.vectors[lo : lo + len(block)] = block
+            wide = block.float()  # norms of the stored (possibly rounded) vectors
+            self.sq_norms[lo : lo + len(block)] = (wide * wide).sum(dim=1)
+        self._out_dtype = self.device.type == "cuda" and self.dtype != torch.float32
+
+    def nbytes(self) -> int:
+        return int(self.vectors.numel() * self.vectors.element_size() + self.sq_norms.numel() * 4)
+
+    def _dots(self, q: Any, v: Any) -> Any:
+        torch = self._torch
+        if self._out_dtype:
+            try:
+                return torch.mm(q, v.T, out_dtype=torch.float32)
+            except (TypeError, RuntimeError):  # a torch without out_dtype: products in fp16
+                self._out_dtype = False
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            return q.float() @ v.float().T  # no fast half-precision products on a CPU
+        return (q @ v.T).float()
+
+    def topk(self, q: FloatArray, span: tuple[int, int], k: int) -> tuple[IntArray, FloatArray]:
+        """Top-k rows of ``span`` (offsets within the span) and their costs (``-score`` for
+        cosine, squared distance for euclidean), sorted."""
+        torch = self._torch
+        lo, hi = span
+        v = self.vectors[lo:hi]
+        step = max(1, _DEVICE_SCORES // max(hi - lo, 1))
+        idx_parts, cost_parts = [], []
+        with torch.inference_mode():
+            for a in range(0, q.shape[0], step):
+                qt = torch.from_numpy(np.ascontiguousarray(q[a : a + step])).to(self.device)
+                dots = self._dots(qt.to(self.dtype), v)
+                if self.metric == "cosine":
+                    cost = dots.neg_()
+                else:
+                    qn = (qt * qt).sum(dim=1, keepdim=True)
+                    cost = (qn - 2.0 * dots + self.sq_norms[lo:hi][None, :]).clamp_min_(0.0)
+                vals, idx = torch.topk(cost, k, dim=1, largest=False, sorted=True)
+                idx_parts.append(idx.cpu())
+                cost_parts.append(vals.cpu())
+        return (torch.cat(idx_parts).numpy().astype(np.int64),
+                torch.cat(cost_parts).numpy().astype(np.float32))
 
 
 class ShardedIndex:
@@ -121,11 +191,22 @@ class ShardedIndex:
         names = [str(c) for c in uniq]
         bounds = [*starts.tolist(), self.size]
         faiss = None
-        if any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
+        if opts.device is None and any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
             faiss = load_faiss()
         self._shards: dict[str, _Shard] = {}
         self._all: _Shard | None = None
-        if faiss is None:
+        self._device: DeviceVectors | None = None
+        if opts.device is not None:
+            # one copy on the device; shards are row spans of it (no host copy is kept)
+            base = _normalised_copy(vectors, order, metric)
+            self._device = DeviceVectors(base, metric, opts.device, opts.storage)
+            del base
+            empty_v, empty_n = np.empty((0, self.dim), np.float32), np.empty(0, np.float32)
+            for i, cat in enumerate(names):
+                lo, hi = int(bounds[i]), int(bounds[i + 1])
+                self._shards[cat] = _Shard(rows=order[lo:hi], vectors=empty_v, sq_norms=empty_n, span=(lo, hi))
+            self._all = _Shard(rows=order, vectors=empty_v, sq_norms=empty_n, span=(0, self.size))
+        elif faiss is None:
             # all exact: one float32 copy, and each shard a slice of it (an unrouted query is
             # one matrix product over ``_all``)
             base = _normalised_copy(vectors, order, metric)
@@ -149,7 +230,10 @@ class ShardedIndex:
                 del block
                 self._shards[cat] = shard
         self.build_seconds = time.perf_counter() - t0
-        if faiss is not None:
+        if self._device is not None:
+            log.info("index of %d x %d (%s) on %s (%s), exact; built in %.1f s", self.size, self.dim, metric,
+                     self._device.device, opts.storage, self.build_seconds)
+        elif faiss is not None:
             log.info("index of %d x %d (%s): HNSW graphs for %s; built in %.1f s", self.size, self.dim, metric,
                      ", ".join(f"{c} ({self.shard_size(c)})" for c in self.ann_shards), self.build_seconds)
 
@@ -165,9 +249,15 @@ class ShardedIndex:
     def shard_size(self, category: str) -> int:
         return len(self._shards[category].rows) if category in self._shards else 0
 
+    @property
+    def device(self) -> str:
+        """Where the vectors are searched: ``host``, or the torch device holding them."""
+        return "host" if self._device is None else str(self._device.device)
+
     def nbytes(self) -> int:
-        """Memory held by the index's vectors, norms, row maps and graphs."""
-        total = 0
+        """Memory held by the index's vectors, norms, row maps and graphs (device memory
+        included, in device mode)."""
+        total = self._device.nbytes() if self._device is not None else 0
         shards = list(self._shards.values())
         if self._all is not None:  # exact: the shards are slices of ``_all``
             shards = [self._all]
@@ -205,6 +295,9 @@ class ShardedIndex:
         if kk == 0:
             m = q.shape[0]
             return np.empty((m, 0), np.int64), np.empty((m, 0), np.float32)
+        if self._device is not None:
+            local, cost = self._device.topk(q, shard.span, kk)
+            return shard.rows[local], cost
         if shard.ann is not None and not exact and kk <= self.options.max_ann_k:
             local, cost = shard.ann.search(q, kk, ef_search)
             rows = np.where(local >= 0, shard.rows[np.maximum(local, 0)], -1)
