@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from shared.vision.backbone import get_backbone
 
@@ -14,11 +15,12 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def make_transform(backbone: str, image_size: int, train: bool = False) -> v2.Compose:
+def make_transform(backbone: str, image_size: int, train: bool = False, normalise: bool = True) -> v2.Compose:
     """PIL RGB image -> normalised float tensor ``[3, image_size, image_size]``.
 
     Training adds a random horizontal flip and a random-resized crop on top of the same
-    resize, crop and normalisation.
+    resize, crop and normalisation. ``normalise=False`` stops after the crop, at a uint8
+    tensor: :func:`normalise_batch` finishes it later (on a GPU, after a 4x smaller copy).
     """
     info = get_backbone(backbone)
     if train:
@@ -31,6 +33,8 @@ def make_transform(backbone: str, image_size: int, train: bool = False) -> v2.Co
             v2.Resize(resize_size(image_size), antialias=True),
             v2.CenterCrop(image_size),
         ]
+    if not normalise:
+        return v2.Compose([v2.ToImage(), *geometry])
     return v2.Compose(
         [
             v2.ToImage(),
@@ -39,6 +43,15 @@ def make_transform(backbone: str, image_size: int, train: bool = False) -> v2.Co
             v2.Normalize(mean=list(info.mean), std=list(info.std)),
         ]
     )
+
+
+def normalise_batch(batch: torch.Tensor, backbone: str) -> torch.Tensor:
+    """The last two steps of :func:`make_transform` (scale to [0, 1], normalise) on a uint8
+    batch ``[n, 3, h, w]``, on whatever device it is on: the same operations, so the same
+    values as the full transform."""
+    info = get_backbone(backbone)
+    x = F.to_dtype(batch, torch.float32, scale=True)
+    return F.normalize(x, mean=list(info.mean), std=list(info.std))
 
 
 def preprocess(images: list[Image.Image], backbone: str, image_size: int) -> torch.Tensor:

@@ -186,3 +186,27 @@ def test_a_query_photo_is_decoded_as_it_was_indexed(embedder: Any, tmp_path: Pat
 
     full = embedder.embed_images([load_image(path)])[0]
     assert np.abs(full - indexed).max() > 1e-3
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_uint8_loading_normalised_on_the_device_gives_the_same_vectors(embedder: Any, tmp_path: Path,
+                                                                       loader_workers: int) -> None:
+    """The GPU default: loader processes hand over uint8 crops and the embedder normalises
+    them on its device. Run on the CPU here: the vectors equal the float pipeline's, and a
+    file that fails to decode is still reported, not embedded."""
+    from PIL import Image
+
+    from shared.vision.embed import Embedder
+
+    paths = []
+    for i, size in enumerate([(300, 200), (64, 96), (500, 500)]):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.effect_noise(size, 40 + 10 * i).convert("RGB").save(paths[-1], quality=90)
+    paths.insert(1, tmp_path / "broken.jpg")
+    paths[1].write_bytes(b"not a jpeg")
+    uint8 = Embedder(embedder.net, "resnet50", 32, device="cpu", precision="fp32", normalise_on_device=True)
+    assert uint8.loader_transform is not uint8.transform and embedder.loader_transform is embedder.transform
+    ref = embedder.embed_paths(paths, batch_size=2, workers=loader_workers, progress=False)
+    got = uint8.embed_paths(paths, batch_size=2, workers=loader_workers, progress=False)
+    assert got.ok.tolist() == ref.ok.tolist() == [0, 2, 3] and set(got.errors) == {1}
+    np.testing.assert_allclose(got.vectors, ref.vectors, rtol=0, atol=1e-6)
