@@ -109,6 +109,11 @@ class QueryParams(Schema):
     duplicate_threshold = Float(load_default=None, validate=Range(0.0, 1.0, min_inclusive=False),
                                 metadata={"description": "flag results with cosine >= this as duplicates "
                                                          "(`is_duplicate`); cosine metric only"})
+    wait = Float(load_default=0.0, validate=Range(0.0, 60.0), metadata={
+        "description": "Answer in one request: hold the response until the query has finished, at most "
+                       "this many seconds (capped by FIR_API_MAX_WAIT_S, default 20). Finished in time: "
+                       "200 with the job as GET /jobs/<id> gives it (results included) and `job_id`; "
+                       "else 202 as without `wait`. 0 (default): 202 at once."})
 
 
 class QueryFormIn(QueryParams):
@@ -156,6 +161,12 @@ class JobOut(Schema):
     elapsed_ms = Float(allow_none=True)
     batch = List(Dict(), allow_none=True, metadata={"description": "the batch form: one entry per file"})
     duplicate = Dict(allow_none=True)
+
+
+class JobAnswered(JobOut):
+    """A query submitted with ``wait`` that finished in time: the job, and its id again as in 202."""
+
+    job_id = Integer()
 
 
 class JobWaitQuery(Schema):

@@ -101,17 +101,24 @@ def job_out(session: Any, job: Any, with_results: bool = True) -> dict[str, Any]
 def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
     """Status, progress, timestamps, error, and for a finished query its ranked results.
     ``wait=S`` answers when the job has finished or S seconds have passed (long polling)."""
+    return wait_for_job(job_id, float(query["wait"]))[0]
+
+
+def wait_for_job(job_id: int, wait: float) -> tuple[dict[str, Any], bool]:
+    """The job (:func:`job_out`) once it has finished or ``wait`` seconds have passed (at most
+    ``api_max_wait_s``), and whether it had finished. ``wait`` 0 is a plain read."""
     settings = fir_settings()
-    wait = min(float(query["wait"]), settings.api_max_wait_s)
+    wait = min(wait, settings.api_max_wait_s)
     if wait <= 0:  # a plain read: no bell
         with db() as session:
-            return job_out(session, services.get_job(session, job_id))
+            job = services.get_job(session, job_id)
+            return job_out(session, job), job.terminal
     bell = jobbell.hub(jobbell.bell_path(settings.resolved_home()))
     token = bell.token()  # before the first read: a job finishing after it rings anew
     with db() as session:
         job = services.get_job(session, job_id)
         if job.terminal:
-            return job_out(session, job)
+            return job_out(session, job), True
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         bell.wait(token, min(deadline, time.monotonic() + WAIT_DB_POLL_S))
@@ -119,9 +126,10 @@ def get_job(job_id: int, query: dict[str, Any]) -> dict[str, Any]:
         with db() as session:
             job = services.get_job(session, job_id)
             if job.terminal:
-                return job_out(session, job)
+                return job_out(session, job), True
     with db() as session:
-        return job_out(session, services.get_job(session, job_id))
+        job = services.get_job(session, job_id)
+        return job_out(session, job), job.terminal
 
 
 @bp.get("/jobs/<int:job_id>/results")

@@ -1,4 +1,5 @@
-"""Query submission: 202 Accepted + Location, polled through /api/v1/jobs/<id>."""
+"""Query submission: 202 Accepted + Location, polled through /api/v1/jobs/<id>; or, with
+``wait``, the finished query in the submit's own response (200)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import request
+from flask import Response, jsonify, request
 
 from api.app import enqueue, fir_settings
 from api.routes.catalogues import EXTENSIONS, read_upload
 from api.routes.common import db, job_url, resolve_catalogue
-from api.schemas import JobAccepted, QueryFormIn, QueryJsonIn
+from api.routes.jobs import wait_for_job
+from api.schemas import JobAccepted, JobAnswered, QueryFormIn, QueryJsonIn
 from shared.db import services
 from shared.errors import InvalidInput
 from shared.imaging import validate_image
@@ -28,14 +30,29 @@ def _validate_category(params: dict[str, Any]) -> None:
         raise InvalidInput("routing 'label' needs the query's category")
 
 
-def submit(params: dict[str, Any], key: str | None) -> tuple[dict[str, Any], int, dict[str, str]]:
+Submitted = tuple[dict[str, Any], int, dict[str, str]] | Response
+
+
+def submit(params: dict[str, Any], key: str | None, wait: float = 0.0) -> Submitted:
     task_id = services.new_task_id()
     with db() as session:
         job, created = services.create_job(session, "query", params=params, catalogue_id=params["catalogue_id"],
                                            idempotency_key=key, task_id=task_id)
     if created:
         enqueue(TASK_QUERY, job.id, task_id)
-    return {"job_id": job.id}, 202, {"Location": job_url(job.id)}
+    return accepted(job.id, wait)
+
+
+def accepted(job_id: int, wait: float) -> Submitted:
+    """202 with the job's id; with ``wait``, 200 with the finished job if it finishes in time."""
+    headers = {"Location": job_url(job_id)}
+    if wait > 0:
+        out, finished = wait_for_job(job_id, wait)
+        if finished:
+            resp = jsonify(JobAnswered().dump({**out, "job_id": job_id}))
+            resp.headers.update(headers)
+            return resp
+    return {"job_id": job_id}, 202, headers
 
 
 def _idempotency_key() -> str | None:
@@ -64,8 +81,13 @@ def _common(data: dict[str, Any]) -> dict[str, Any]:
 @bp.doc(description="Multipart `file` plus the query parameters; or a JSON body with `item_id` instead "
                     "of a file (see QueryJsonIn). An `Idempotency-Key` header makes a retried "
                     "submission return the same job. The batch form repeats `file` (up to 64): one "
-                    "job answers every file, its results under `batch` in input order.")
-def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+                    "job answers every file, its results under `batch` in input order. With `wait`, "
+                    "a query that finishes within it is answered in this response (200).",
+        responses={200: {"description": "`wait` was given and the query finished in time: the job, "
+                                        "results included",
+                         "content": {"application/json": {"schema": JobAnswered}}},
+                   202: "the query is queued; poll the job (Location)"})
+def create_query(form: dict[str, Any]) -> Submitted:
     s = fir_settings()
     key = _idempotency_key()
     params = _common(form)
@@ -73,7 +95,7 @@ def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, s
         with db(write=False) as session:
             known = services.get_job_by_idempotency_key(session, key)
         if known is not None:
-            return {"job_id": known.id}, 202, {"Location": job_url(known.id)}
+            return accepted(known.id, form["wait"])
     files = request.files.getlist("file") or [form["file"]]
     if len(files) > MAX_BATCH:
         raise InvalidInput(f"a batch query takes at most {MAX_BATCH} files, got {len(files)}")
@@ -95,15 +117,13 @@ def create_query(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, s
         params["upload"] = paths[0]
     else:
         params["uploads"] = paths  # the batch form: many files, one job
-    return submit(params, key)
+    return submit(params, key, form["wait"])
 
 
 @bp.before_request
 def _json_query() -> Any:
     """``POST /api/v1/queries`` with a JSON body queries by an existing item's id."""
     if request.method == "POST" and request.endpoint == "queries.create_query" and request.is_json:
-        from flask import jsonify
-
         from api.errors import error_body
 
         schema = QueryJsonIn()
@@ -117,7 +137,10 @@ def _json_query() -> Any:
         if item.catalogue_id != params["catalogue_id"]:
             raise InvalidInput(f"item {item.id} is not in catalogue {params['catalogue_id']}")
         params["item_id"] = item.id
-        body, status, headers = submit(params, _idempotency_key())
+        done = submit(params, _idempotency_key(), data["wait"])
+        if isinstance(done, Response):
+            return done
+        body, status, headers = done
         resp = jsonify(body)
         resp.status_code = status
         resp.headers.update(headers)

@@ -40,7 +40,9 @@ def isolated_app(indexed_home: tuple[Settings, int, int], tmp_path_factory: pyte
     copy = home / "fir.db"
     with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)  # consistent even with WAL pages not yet checkpointed
-    own = Settings(home=home, database_url=f"sqlite:///{copy}", broker_url="filesystem://", loader_workers=0)
+    # jobs never run here: a generated `wait` would hold each request for up to the cap
+    own = Settings(home=home, database_url=f"sqlite:///{copy}", broker_url="filesystem://", loader_workers=0,
+                   api_max_wait_s=0.2)
     app = create_app(own, enqueue=lambda task, job_id, task_id=None: task_id or f"recorded-{job_id}")
     app.config["TESTING"] = True
     return app

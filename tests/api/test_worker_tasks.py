@@ -153,3 +153,71 @@ def test_batch_form_answers_every_file_in_one_job(api: ApiEnv, tasks: Any) -> No
     resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
                            data={"catalogue": "demo", "file": too_many})
     assert resp.status_code == 400 and "at most 64 files" in resp.get_json()["error"]["message"]
+
+
+def _answer_next_query(api: ApiEnv, tasks: Any) -> Any:
+    """A thread that runs the worker's task for the next query the API enqueues (as a worker
+    would while the submit request is still waiting)."""
+    import threading
+    import time
+
+    seen = len(api.sent.calls)
+
+    def work() -> None:
+        deadline = time.monotonic() + 20
+        while len(api.sent.calls) == seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if len(api.sent.calls) > seen:
+            tasks.run_query.run(api.sent.calls[seen][1])
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def test_submit_with_wait_answers_in_one_request(api: ApiEnv, tasks: Any) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 90)).save(buf, "JPEG")
+    buf.seek(0)
+    thread = _answer_next_query(api, tasks)
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "k": "4", "wait": "20", "file": (buf, "q.jpg")})
+    thread.join(20)
+    body = resp.get_json()
+    assert resp.status_code == 200, body
+    assert body["status"] == "succeeded" and body["job_id"] == body["id"] and len(body["results"]) == 4
+    assert resp.headers["Location"].endswith(f"/api/v1/jobs/{body['id']}")
+    # the same answer as polling the job
+    assert api.client.get(f"/api/v1/jobs/{body['id']}").get_json()["results"] == body["results"]
+    # by item id (JSON body) too
+    item_id = body["results"][0]["item_id"]
+    thread = _answer_next_query(api, tasks)
+    resp = api.client.post("/api/v1/queries", json={"catalogue": "demo", "item_id": item_id, "k": 3, "wait": 20})
+    thread.join(20)
+    assert resp.status_code == 200 and resp.get_json()["results"][0]["item_id"] == item_id
+
+
+def test_submit_with_wait_still_queued_answers_202(api: ApiEnv, tasks: Any) -> None:
+    import time
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 140, 90)).save(buf, "JPEG")
+    buf.seek(0)
+    t0 = time.monotonic()
+    resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                           data={"catalogue": "demo", "wait": "0.3", "file": (buf, "q.jpg")})
+    assert time.monotonic() - t0 >= 0.3  # no worker ran it: the wait ran out
+    assert resp.status_code == 202 and set(resp.get_json()) == {"job_id"}
+    assert api.client.get(f"/api/v1/jobs/{resp.get_json()['job_id']}").get_json()["status"] == "queued"
+
+
+def test_submit_with_a_bad_wait_is_refused_and_creates_nothing(api: ApiEnv, tasks: Any) -> None:
+    before = len(api.sent.calls)
+    for bad in ("-1", "61", "soon"):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+        buf.seek(0)
+        resp = api.client.post("/api/v1/queries", content_type="multipart/form-data",
+                               data={"catalogue": "demo", "wait": bad, "file": (buf, "q.jpg")})
+        assert resp.status_code == 422 and "wait" in resp.get_data(as_text=True), bad
+    assert len(api.sent.calls) == before
