@@ -190,3 +190,33 @@ def test_large_shards_search_with_twice_the_ef(monkeypatch: pytest.MonkeyPatch) 
     assert set(efs.values()) == {40, 80}
     exact = ShardedIndex(vectors, cats, ann="exact").search(queries, 10)
     assert recall(index.search(queries, 10).indices, exact.indices) >= 0.95
+
+
+def test_a_single_query_searches_its_graph_shards_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.search import index as index_mod
+
+    vectors, cats, queries = clustered(3000, seed=5)
+    graph = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw"))
+    monkeypatch.setattr(index_mod, "SHARD_THREADS", 1)
+    serial = [graph.search(q, 10) for q in queries[:10]]
+    monkeypatch.setattr(index_mod, "SHARD_THREADS", 2)
+    threads: set[str] = set()
+    real = graph._shard_topk
+
+    def spy(*args: object, **kwargs: object) -> object:
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(graph, "_shard_topk", spy)
+    for q, ref in zip(queries[:10], serial, strict=True):
+        got = graph.search(q, 10)
+        np.testing.assert_array_equal(got.indices, ref.indices)
+        np.testing.assert_allclose(got.scores, ref.scores)
+    assert any(name.startswith("fir-shard") for name in threads)  # the pool searched some shards
+    # a batch of queries, or an exact search, stays in the calling thread
+    threads.clear()
+    graph.search(queries[:4], 10)
+    graph.search(queries[:1], 10, exact=True)
+    assert not any(name.startswith("fir-shard") for name in threads)
