@@ -5,9 +5,10 @@
 For each backend it sets up a fresh FIR home (a ResNet50 with random weights at 224 px, its
 router, a generated catalogue indexed), starts a real worker and the API (gunicorn), then:
 - single queries one after another: submit -> succeeded (the client keeps its connection
-  alive and long-polls the job with ``?wait=10``, as FIR's clients should), p50 / p95, and
-  the p50 of each stage: the submit request, submitted -> started (broker and claim), the
-  worker (started -> finished), finished -> answer received;
+  alive and long-polls the job with ``?wait=10``), p50 / p95, and the p50 of each stage: the
+  submit request, submitted -> started (broker and claim), the worker (started -> finished),
+  finished -> answer received; and, alternately with those, queries answered in one request
+  (``wait=10`` on the submit itself: 200 with the finished job);
 - a burst of N queries submitted at once: time until all have succeeded, with micro-batching
   (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
 The bare forward time is one warm 224 px image through the same model in this process, timed
@@ -54,9 +55,10 @@ def setup_home(home: Path, env: dict[str, str]) -> Path:
     return cat
 
 
-def start(env: dict[str, str], port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start(env: dict[str, str], port: int, log_dir: Path, pool: str = "prefork") -> list[subprocess.Popen[bytes]]:
     cmds = [
-        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h"],
+        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h",
+         "-P", pool],
         [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
          "api.wsgi:app"],
     ]
@@ -105,16 +107,22 @@ def http() -> requests.Session:
     return _client.session  # type: ignore[no-any-return]
 
 
-def one_query(base: str, image: bytes, stages: list[dict[str, float]] | None = None) -> float:
+def one_query(base: str, image: bytes, stages: list[dict[str, float]] | None = None,
+              one_request: bool = False) -> float:
     """One query's latency (ms); with ``stages``, appends where the time went (ms): the submit
     request, submitted -> started (broker and claim), started -> finished (the worker), and
-    finished -> answer received (the long poll noticing it and the response)."""
+    finished -> answer received (the long poll noticing it and the response).
+    ``one_request``: the submit itself waits for the answer (``wait=10``, a 200 with the job)."""
     wall0, t0 = time.time(), time.perf_counter()
-    r = http().post(f"{base}/api/v1/queries", data={"catalogue": "bench", "k": "10"},
-                      files={"file": ("q.jpg", image, "image/jpeg")}, timeout=60)
+    form = {"catalogue": "bench", "k": "10", **({"wait": "10"} if one_request else {})}
+    r = http().post(f"{base}/api/v1/queries", data=form, files={"file": ("q.jpg", image, "image/jpeg")}, timeout=60)
     r.raise_for_status()
     t_submitted = time.perf_counter()
     job_id = r.json()["job_id"]
+    if r.status_code == 200:  # answered in the submit's response
+        if r.json()["status"] != "succeeded":
+            raise RuntimeError(f"job {job_id} {r.json()['status']}")
+        return (t_submitted - t0) * 1000
     while True:  # long polling: the API answers as soon as the job has finished
         job = http().get(f"{base}/api/v1/jobs/{job_id}", params={"wait": 10}, timeout=60).json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
@@ -157,7 +165,7 @@ def bare_forward(home: Path) -> Callable[[], float]:
     return timed
 
 
-def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
+def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork") -> list[str]:
     import socket
 
     rows = []
@@ -187,7 +195,7 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             base = f"http://127.0.0.1:{port}"
-            procs = start(env, port, home)
+            procs = start(env, port, home, pool)
             try:
                 wait_ready(base)
                 for _ in range(3):
@@ -195,11 +203,14 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
                 # each query beside one bare forward, alternately: the ratio compares the two over
                 # the same minutes (this VM's speed drifts by 10-20 % between runs)
                 stages: list[dict[str, float]] = []
-                lat, forwards = [], []
+                lat, lat_one, forwards = [], [], []
                 for _ in range(queries):
                     forwards.append(forward_once())
                     lat.append(one_query(base, image, stages))
+                    forwards.append(forward_once())
+                    lat_one.append(one_query(base, image, one_request=True))
                 lat.sort()
+                one = statistics.median(lat_one)
                 forward = statistics.median(forwards)
                 split = " / ".join(f"{statistics.median(st[k] for st in stages):.1f}" for k in STAGES)
                 p50 = statistics.median(lat)
@@ -208,7 +219,7 @@ def run_backend(name: str, queries: int, burst_n: int) -> list[str]:
             finally:
                 stop(procs)
             rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
-                        f"| {split} | {total:.1f} | {burst_n / total:.1f} |")
+                        f"| {split} | {one:.0f} | {one / forward:.2f}x | {total:.1f} | {burst_n / total:.1f} |")
         if name == "redis-postgres":
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
@@ -220,14 +231,17 @@ def main() -> None:
     ap.add_argument("--backend", default="both", choices=["embedded", "redis-postgres", "both"])
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--burst", type=int, default=200)
+    ap.add_argument("--pool", default="prefork", choices=["prefork", "solo"],
+                    help="the worker's Celery pool (FIR runs prefork: Celery's time limits need it)")
     args = ap.parse_args()
     print(machine_header("End-to-end query latency (HTTP submit -> result ready)"))
     print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
-          f"| p50 {' / '.join(STAGES)} (ms) | {args.burst} at once (s) | queries/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| p50 {' / '.join(STAGES)} (ms) | one request: p50 (ms) | one request / forward "
+          f"| {args.burst} at once (s) | queries/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
     for b in backends:
-        for row in run_backend(b, args.queries, args.burst):
+        for row in run_backend(b, args.queries, args.burst, args.pool):
             print(row, flush=True)
 
 
