@@ -21,7 +21,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torchvision, sklearn; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'sklearn', sklearn.__version__)"
 t0=$(date +%s)
-timeout "${QUALITY_S:-350}" python3 -m bench.bench_quality --data .gpudata/clothing/labels.csv --workers 12 \
+timeout "${QUALITY_S:-300}" python3 -m bench.bench_quality --data .gpudata/clothing/labels.csv --workers 12 \
   --batch-size 64 --json "$OUT/quality.json" --features /tmp/fir-features \
   --configs "${QUALITY_CONFIGS:-lite0-ft,lite0-frozen,r50-scratch,lite0-ft-study,lite0-ft-10,r50-none}" \
   > "$OUT/quality.txt" 2>&1
@@ -30,7 +30,7 @@ for name in lite0-ft lite0-frozen r50-scratch lite0-ft-study lite0-ft-10; do
   [ -f "/tmp/fir-features/$name.npz" ] && cp "/tmp/fir-features/$name.npz" "$OUT/"
 done
 t0=$(date +%s)
-timeout "${GPU_BENCH_S:-190}" python3 -m bench.gpu --budget "${GPU_BUDGET_S:-140}" --seconds 2 > "$OUT/gpu.txt" 2>&1
+timeout "${GPU_BENCH_S:-270}" python3 -m bench.gpu --budget "${GPU_BUDGET_S:-230}" --seconds 2 > "$OUT/gpu.txt" 2>&1
 echo "bench.gpu rc=$? in $(( $(date +%s) - t0 )) s"
 tail -n 45 "$OUT/gpu.txt"
 grep -v "^|.*| \(label\|svm\) |" "$OUT/quality.txt" | tail -n 60
