@@ -91,7 +91,11 @@ def test_resolve_search_device() -> None:
     assert resolve_search_device("auto", torch.device("cuda", 1)) == "cuda:1"
     assert resolve_search_device("auto", None) is None
     assert resolve_search_device("host", torch.device("cuda")) is None
-    assert resolve_search_device("cuda:0", torch.device("cpu")) == "cuda:0"
+    if torch.cuda.is_available():
+        assert resolve_search_device("cuda:0", torch.device("cpu")) == "cuda:0"
+    else:  # asked for by name on a machine without one: a clear error, not a failing query later
+        with pytest.raises(InvalidInput, match="no CUDA device"):
+            resolve_search_device("cuda:0", torch.device("cpu"))
     with pytest.raises(InvalidInput):
         resolve_search_device("tpu")
     opts = IndexOptions.from_settings(Settings(search_device="host", search_ann_storage="fp16"), torch.device("cuda"))
