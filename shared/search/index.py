@@ -214,17 +214,18 @@ class ShardedIndex:
         uniq, starts = np.unique(cat_str[order], return_index=True)
         names = [str(c) for c in uniq]
         bounds = [*starts.tolist(), self.size]
+        self._device: DeviceVectors | None = None
+        if opts.device is not None:
+            self._device = _upload(vectors, order, metric, opts)
+            if self._device is None:  # it did not fit: the host index below
+                opts = self.options = replace(opts, device=None)
         faiss = None
         if opts.device is None and any(opts.wants_ann(int(bounds[i + 1] - bounds[i])) for i in range(len(names))):
             faiss = load_faiss()
         self._shards: dict[str, _Shard] = {}
         self._all: _Shard | None = None
-        self._device: DeviceVectors | None = None
-        if opts.device is not None:
+        if self._device is not None:
             # one copy on the device; shards are row spans of it (no host copy is kept)
-            base = _normalised_copy(vectors, order, metric)
-            self._device = DeviceVectors(base, metric, opts.device, opts.storage)
-            del base
             empty_v, empty_n = np.empty((0, self.dim), np.float32), np.empty(0, np.float32)
             for i, cat in enumerate(names):
                 lo, hi = int(bounds[i]), int(bounds[i + 1])
@@ -405,6 +406,23 @@ class ShardedIndex:
             indices[qi, :width] = rows
             scores[qi, :width] = final
         return SearchResult(indices=indices, scores=scores)
+
+
+def _upload(vectors: npt.NDArray[Any], order: IntArray, metric: Metric, opts: IndexOptions) -> DeviceVectors | None:
+    """The sorted, normalised catalogue on ``opts.device``, or ``None`` (logged) when the
+    device has no room for it: the caller then builds the host index, so queries still run."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # the former before torch 2.5
+    base = _normalised_copy(vectors, order, metric)
+    try:
+        return DeviceVectors(base, metric, str(opts.device), opts.storage)
+    except (oom, MemoryError) as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("the index (%d x %d, %s) does not fit on %s (%s): searching in host memory instead",
+                    base.shape[0], base.shape[1], opts.storage, opts.device, str(exc).split("\n")[0][:200])
+        return None
 
 
 def _normalised_copy(vectors: npt.NDArray[Any], rows: IntArray, metric: str) -> FloatArray:

@@ -102,3 +102,20 @@ def test_resolve_search_device() -> None:
     assert opts.device is None and opts.storage == "fp16"
     with pytest.raises(ValueError, match="search_device"):
         Settings(search_device="gpu")
+
+
+def test_an_index_too_big_for_the_device_is_searched_in_host_memory(monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from shared.search import index as index_mod
+
+    def no_room(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.63 GiB")
+
+    monkeypatch.setattr(index_mod, "DeviceVectors", no_room)
+    vectors, cats, queries = catalogue(500, seed=4)
+    with caplog.at_level("WARNING"):
+        index = ShardedIndex(vectors, cats, options=IndexOptions(device="cpu"))
+    assert index.device == "host" and index.options.device is None
+    assert "does not fit on cpu" in caplog.text
+    ref = ShardedIndex(vectors, cats, ann="exact").search(queries, 5)
+    np.testing.assert_array_equal(index.search(queries, 5).indices, ref.indices)
