@@ -123,11 +123,9 @@ def resolve_search_device(setting: str, model_device: Any = None) -> str | None:
         return str(model_device) if kind.startswith("cuda") else None
     if not setting.startswith("cuda"):
         raise InvalidInput(f"unknown search device {setting!r} (auto, host, cuda or cuda:N)")
-    import torch
+    from shared.vision.embed import pick_device
 
-    if not torch.cuda.is_available():
-        raise InvalidInput(f"search device {setting!r} was asked for but no CUDA device is available "
-                           "(FIR_SEARCH_DEVICE=auto or host)")
+    pick_device(setting, setting="FIR_SEARCH_DEVICE")  # refused where there is no CUDA device
     return setting
 
 

@@ -131,7 +131,16 @@ class DeviceVectors:
             self.vectors[lo : lo + len(block)] = block
             wide = block.float()  # norms of the stored (possibly rounded) vectors
             self.sq_norms[lo : lo + len(block)] = (wide * wide).sum(dim=1)
-        self._out_dtype = self.device.type == "cuda" and self.dtype != torch.float32
+        # fp16 products returned in float32 where this torch can (CUDA, torch >= 2.8): asked
+        # once here, so a failure in a search is never taken for a missing feature
+        self._out_dtype = False
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            probe = self.vectors[:1]
+            try:
+                torch.mm(probe, probe.T, out_dtype=torch.float32)
+                self._out_dtype = True
+            except (TypeError, RuntimeError):
+                log.info("this torch has no float32 output for fp16 products: the index's scores are fp16")
 
     def nbytes(self) -> int:
         return int(self.vectors.numel() * self.vectors.element_size() + self.sq_norms.numel() * 4)
@@ -139,10 +148,7 @@ class DeviceVectors:
     def _dots(self, q: Any, v: Any) -> Any:
         torch = self._torch
         if self._out_dtype:
-            try:
-                return torch.mm(q, v.T, out_dtype=torch.float32)
-            except (TypeError, RuntimeError):  # a torch without out_dtype: products in fp16
-                self._out_dtype = False
+            return torch.mm(q, v.T, out_dtype=torch.float32)
         if self.device.type == "cpu" and self.dtype != torch.float32:
             return q.float() @ v.float().T  # no fast half-precision products on a CPU
         return (q @ v.T).float()

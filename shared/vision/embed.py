@@ -30,12 +30,14 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", setting: str = "FIR_DEVICE") -> torch.device:
+    """The torch device for ``name`` (``auto``: CUDA when there is one); a CUDA device asked for
+    on a machine without one is refused, naming the ``setting`` it came from."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput("device 'cuda' was asked for but no CUDA device is available")
+        raise InvalidInput(f"{setting}={name} asks for a CUDA device but none is available")
     return dev
 
 

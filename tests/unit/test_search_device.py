@@ -94,7 +94,7 @@ def test_resolve_search_device() -> None:
     if torch.cuda.is_available():
         assert resolve_search_device("cuda:0", torch.device("cpu")) == "cuda:0"
     else:  # asked for by name on a machine without one: a clear error, not a failing query later
-        with pytest.raises(InvalidInput, match="no CUDA device"):
+        with pytest.raises(InvalidInput, match="FIR_SEARCH_DEVICE=cuda:0 asks for a CUDA device"):
             resolve_search_device("cuda:0", torch.device("cpu"))
     with pytest.raises(InvalidInput):
         resolve_search_device("tpu")
