@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--pca", default="", help="sizes that also get a PCA-compacted graph (re-ranked exactly)")
     ap.add_argument("--pca-dim", type=int, default=256)
     ap.add_argument("--rerank", type=int, default=64)
+    ap.add_argument("--pca-storage", default="fp32", choices=["fp32", "fp16"],
+                    help="storage of the PCA graph's codes and of the full vectors it re-ranks with")
     ap.add_argument("--no-fp32-graph", action="store_true", help="skip the plain fp32 graph (exact rows still run)")
     ap.add_argument("--no-fp32-index", action="store_true",
                     help="build no fp32 index at all (1M x 2048 on 24 GB); the exact rows scan the first "
@@ -141,8 +143,9 @@ def main() -> None:
         if spec in fp16_plan:
             variants.append(("fp16", IndexOptions(**common, storage="fp16")))
         if spec in pca_plan:
-            variants.append((f"PCA{args.pca_dim} + rerank {args.rerank}",
-                             IndexOptions(**common, pca_dim=args.pca_dim, rerank=args.rerank)))
+            variants.append((f"{args.pca_storage} PCA{args.pca_dim} + rerank {args.rerank}",
+                             IndexOptions(**common, pca_dim=args.pca_dim, rerank=args.rerank,
+                                          storage=args.pca_storage)))
         for storage, opts in variants:
             gc.collect()
             rss0 = rss_mb()
@@ -164,7 +167,7 @@ def main() -> None:
                         u50, _, _ = time_single(index, queries, None, k, eq, exact=True)
                     finally:
                         index_mod.SINGLE_THREAD_QUERIES = saved
-                    store = "fp16" if storage == "fp16" else "fp32"  # what the exact scan reads
+                    store = "fp16" if storage.startswith("fp16") else "fp32"  # what the exact scan reads
                     exact_mb = n * d * (2 if store == "fp16" else 4) / 1e6
                     rows.append(f"| {label} | exact {store}, {blas} | - | {p50:.2f} | {p90:.2f} | 1.000 | {u50:.2f} | - "
                                 f"| 1.000 | {exact_mb:,.0f} | {exact_mb / n * 1e6 / 1e3:.2f} | - |")

@@ -73,8 +73,8 @@ class IndexOptions:
     max_ann_k: int = 256  # a larger k is answered by the exact scan
     # PCA compaction: the graph is built over the vectors projected to ``pca_dim`` dimensions
     # (L2, trained on the shard), and the ``rerank`` best candidates of a query are re-scored
-    # exactly with the full float32 vectors (kept once, for the re-ranking and exact scans).
-    # Distances in the graph cost pca_dim/d of a full one. None: off.
+    # with the full vectors (kept once, in ``storage`` precision, for the re-ranking and exact
+    # scans). Distances in the graph cost pca_dim/d of a full one. None: off.
     pca_dim: int | None = None
     rerank: int = 64
     # Where the vectors live and top-k is computed. ``None``: host memory (numpy exact scans and
@@ -166,8 +166,10 @@ class HnswShard:
             pca = faiss.PCAMatrix(d, options.pca_dim)
             pca.train(x[:: max(1, n // 50_000)])  # at most about 50,000 training vectors
             self.pca = pca
-            self.full = x  # not a copy: the caller's (contiguous) array is kept
             graph_vectors = pca.apply(x)
+            # kept for the re-ranking and exact scans: the caller's (contiguous) array itself, or
+            # under fp16 storage a float16 copy (half the memory; the caller's array is dropped)
+            self.full = x if options.storage == "fp32" else x.astype(np.float16)
             # the projection keeps L2 distances (centring does not change them); for unit
             # vectors L2 ranks as cosine does, so the graph is L2 and the re-ranking exact
             fmetric = faiss.METRIC_L2
@@ -185,8 +187,8 @@ class HnswShard:
         self.index = index
 
     def stored(self) -> npt.NDArray[Any]:
-        """The shard's vectors, ``[n, d]`` float32 (or float16 under an fp16 graph without
-        PCA): a view of faiss's memory or of the kept array, not a copy."""
+        """The shard's vectors, ``[n, d]`` float32 (float16 under fp16 storage): a view of
+        faiss's memory or of the kept array, not a copy."""
         if self.full is not None:
             return self.full
         storage = self._faiss.downcast_index(self.index.storage)
@@ -222,7 +224,7 @@ class HnswShard:
         params.efSearch = max(int(ef_search or self.ef_search), kk)
         _, cand = self.index.search(self.pca.apply(q), kk, params=params)
         cand = cand.astype(np.int64, copy=False)
-        vecs = self.full[np.maximum(cand, 0)]  # [m, kk, d]
+        vecs = self.full[np.maximum(cand, 0)].astype(np.float32, copy=False)  # [m, kk, d]
         if self.metric == "cosine":
             cost = -np.einsum("mkd,md->mk", vecs, q)
         else:

@@ -179,6 +179,32 @@ def test_pca_graph_with_exact_rerank(metric: str) -> None:
     assert vectors.nbytes < pca.nbytes() < vectors.nbytes * 2.5
 
 
+def test_pca_graph_under_fp16_storage_keeps_half_precision_vectors() -> None:
+    """fp16 storage with PCA: the re-ranking vectors are kept in float16 (half the memory of
+    float32) and the answers still match the exact float32 index's."""
+    rng = np.random.default_rng(6)
+    basis = rng.normal(size=(8, 64))
+    vectors = (rng.normal(size=(3000, 8)) @ basis + 0.05 * rng.normal(size=(3000, 64))).astype(np.float32)
+    cats = [("dress", "shirt", "toptee")[i % 3] for i in range(3000)]
+    queries = (rng.normal(size=(30, 8)) @ basis).astype(np.float32)
+    exact = ShardedIndex(vectors, cats, ann="exact")
+    opts = IndexOptions(ann="hnsw", pca_dim=16, rerank=40, storage="fp16")
+    half = ShardedIndex(vectors, cats, options=opts)
+    shard = half._shards["shirt"]
+    assert shard.ann is not None and shard.ann.stored().dtype == np.float16
+    assert shard.vectors.dtype == np.float16
+    for routes in (None, [("shirt",)] * 30):
+        ref = exact.search(queries, 10, routes)
+        got = half.search(queries, 10, routes)
+        assert recall(got.indices, ref.indices) >= 0.99
+        same = got.indices == ref.indices
+        np.testing.assert_allclose(got.scores[same], ref.scores[same], atol=2e-3)
+        assert recall(half.search(queries, 10, routes, exact=True).indices, ref.indices) >= 0.99
+    # the kept vectors take half the memory of the fp32 variant's (graphs: about the same)
+    full = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", pca_dim=16, rerank=40))
+    assert full.nbytes() - half.nbytes() >= 0.45 * vectors.nbytes
+
+
 def test_large_shards_search_with_twice_the_ef(monkeypatch: pytest.MonkeyPatch) -> None:
     vectors, cats, queries = clustered(3000)
     sizes = {c: cats.count(c) for c in set(cats)}
@@ -220,3 +246,4 @@ def test_a_single_query_searches_its_graph_shards_side_by_side(monkeypatch: pyte
     graph.search(queries[:4], 10)
     graph.search(queries[:1], 10, exact=True)
     assert not any(name.startswith("fir-shard") for name in threads)
+
