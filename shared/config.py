@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int | None = None
     query_batch_max: int = 16  # queries waiting together are embedded together
     worker_heartbeat_s: float = 10.0
+    # A query worker process runs one forward when it starts and loads every indexed catalogue
+    # (vectors, index, graphs) in the background, so the first queries do not wait for them.
+    worker_warm_indexes: bool = True
 
     # Search index (shared/search): HNSW graphs (faiss, the ``ann`` extra) for large shards.
     # ``auto``: a graph for each category shard of at least ``search_ann_threshold`` vectors,

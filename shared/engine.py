@@ -6,6 +6,7 @@ Used by the ``fir`` command line and, held once per process, by the workers.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class RetrievalEngine:
         self.index_options = index_options or IndexOptions(
             device=resolve_search_device("auto", self.embedder.device))
         self._indexes: dict[str, ShardedIndex] = {}
+        self._index_lock = threading.Lock()  # one build per metric, also across threads
 
     @classmethod
     def from_files(cls, model: Path, features: Path, router: Path | None,
@@ -89,10 +91,17 @@ class RetrievalEngine:
         return sorted(set(self.catalogue.categories))
 
     def index(self, metric: Metric) -> ShardedIndex:
-        if metric not in self._indexes:
-            self._indexes[metric] = ShardedIndex(self.catalogue.vectors, self.catalogue.categories, metric,
-                                                 options=self.index_options)
-        return self._indexes[metric]
+        """The catalogue's index for ``metric``, built on first use (a worker's warm-up builds
+        it in the background; a query that asks meanwhile waits for that build)."""
+        index = self._indexes.get(metric)
+        if index is None:
+            with self._index_lock:
+                index = self._indexes.get(metric)
+                if index is None:
+                    index = ShardedIndex(self.catalogue.vectors, self.catalogue.categories, metric,
+                                         options=self.index_options)
+                    self._indexes[metric] = index
+        return index
 
     def query_vectors(
         self,

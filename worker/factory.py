@@ -84,6 +84,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # a pool process loads the model (CUDA set-up on a GPU) and runs one forward before it
+        # reports ready (worker.tasks._after_fork): Celery's default 4 s would kill a slow one
+        worker_proc_alive_timeout=120.0,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_hard_time_limit,
         worker_hijack_root_logger=False,

@@ -5,17 +5,25 @@ Every task calls :meth:`ModelHolder.snapshot` first: one cheap query for the act
 version and the catalogue's index generation. A model switch reloads the model; a new
 generation reloads that catalogue's vectors. A snapshot is immutable, so a task that holds
 one never mixes two models even if another thread reloads meanwhile.
+
+Loading a catalogue (its vectors from the database, its index and graphs) takes seconds to
+minutes for a large one. :meth:`ModelHolder.warm` does it for every indexed catalogue when a
+query worker process starts (a background thread, ``FIR_WORKER_WARM_INDEXES``), so the first
+queries do not wait for it; one build runs at a time, and a query that needs a catalogue being
+built waits for that build instead of repeating it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
@@ -58,6 +66,7 @@ class ModelHolder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one catalogue load at a time (module docstring)
         self._version: LoadedVersion | None = None
         self._catalogues: dict[int, Snapshot] = {}
 
@@ -98,10 +107,24 @@ class ModelHolder:
             active_id = self._active_id(session)
             generation = services.get_index_generation(session, catalogue_id, active_id)
         version = self._loaded(active_id)
+        cached = self._cached(catalogue_id, version, generation)
+        if cached is not None:
+            return cached
+        with self._build_lock:
+            cached = self._cached(catalogue_id, version, generation)  # built while this call waited
+            if cached is not None:
+                return cached
+            return self._build(catalogue_id, version, generation)
+
+    def _cached(self, catalogue_id: int, version: LoadedVersion, generation: int) -> Snapshot | None:
         with self._lock:
             cached = self._catalogues.get(catalogue_id)
-            if cached is not None and cached.version is version and cached.generation == generation:
-                return cached
+        if cached is not None and cached.version is version and cached.generation == generation:
+            return cached
+        return None
+
+    def _build(self, catalogue_id: int, version: LoadedVersion, generation: int) -> Snapshot:
+        t0 = time.perf_counter()
         with session_scope(self.settings) as session:
             ids, vectors, categories = services.load_vectors(session, catalogue_id, version.version_id)
             infos = services.get_items(session, ids.tolist())
@@ -119,8 +142,37 @@ class ModelHolder:
         snap = Snapshot(version, catalogue_id, generation, engine, ids)
         with self._lock:
             self._catalogues[catalogue_id] = snap
-        log.info("catalogue %d: %d vectors loaded (generation %d)", catalogue_id, len(ids), generation)
+        log.info("catalogue %d: %d vectors loaded (generation %d) in %.1f s", catalogue_id, len(ids), generation,
+                 time.perf_counter() - t0)
         return snap
+
+    def warm(self) -> list[int]:
+        """Loads the active model version and every catalogue indexed with it (vectors, index,
+        graphs), as the first query of each would; returns the catalogues loaded. A catalogue
+        that fails to load is logged and skipped (its first query reports the error)."""
+        with session_scope(self.settings) as session:
+            active_id = self._active_id(session)
+            generations = services.list_index_generations(session)
+            metrics = {c.id: c.default_metric for c in services.list_catalogues(session)}
+        loaded = []
+        for (catalogue_id, version_id), generation in sorted(generations.items()):
+            if version_id != active_id or generation < 1 or catalogue_id not in metrics:
+                continue
+            try:
+                # the index for the catalogue's default metric, graphs included
+                self.snapshot(catalogue_id).engine.index(metrics[catalogue_id])  # type: ignore[arg-type]
+            except FirError as exc:
+                log.warning("warm-up: catalogue %d not loaded: %s", catalogue_id, exc.message)
+                continue
+            loaded.append(catalogue_id)
+        return loaded
+
+    def warm_model(self) -> None:
+        """Loads the active model version and runs one forward of a blank image: the first
+        query would otherwise pay for the framework's first-call set-up (kernels, memory pools,
+        the calling thread's compute threads, so call it on the thread that answers queries)."""
+        embedder = self.version().embedder
+        embedder.embed_images([Image.new("RGB", (embedder.image_size, embedder.image_size))])
 
 
 _holder: ModelHolder | None = None

@@ -7,6 +7,7 @@ elsewhere, finished or cancelled) is skipped; results are upserted by job id.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -48,12 +49,45 @@ def settings() -> Settings:
 
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
-    """Models load once per worker process, after the fork (CUDA does not survive one)."""
+    """Models load once per worker process, after the fork (CUDA does not survive one); a
+    process that answers queries also runs one forward, then loads the indexed catalogues in
+    the background (``FIR_WORKER_WARM_INDEXES``)."""
     dispose_after_fork()
+    warm = settings().worker_warm_indexes and _serves_queries()
     try:
-        get_holder(settings()).version()
+        holder = get_holder(settings())
+        if warm:
+            holder.warm_model()  # this thread answers the queries: a fraction of a second
+        else:
+            holder.version()
     except FirError as exc:  # no active model yet: loaded on the first task instead
         log.warning("worker start: %s", exc.message)
+        return
+    if warm:
+        _warm_in_background()
+
+
+def _warm_in_background() -> None:
+    threading.Thread(target=warm_indexes, name="fir-warm", daemon=True).start()
+
+
+def _serves_queries() -> bool:
+    """Whether this worker consumes the query queue (``-Q``; all queues when none is named)."""
+    consume = app.amqp.queues.consume_from
+    return not consume or queue_of(TASK_QUERY) in consume
+
+
+def warm_indexes() -> list[int]:
+    """:meth:`worker.holder.ModelHolder.warm`, logged; never raises (it runs on its own thread
+    beside the tasks, which load what they need themselves if it failed)."""
+    t0 = time.perf_counter()
+    try:
+        loaded = get_holder(settings()).warm()
+    except Exception:  # noqa: BLE001 - a failed warm-up must not take the worker down
+        log.exception("warm-up failed; catalogues load on their first query instead")
+        return []
+    log.info("warm-up: %d catalogue(s) loaded in %.1f s", len(loaded), time.perf_counter() - t0)
+    return loaded
 
 
 @signals.worker_ready.connect
@@ -300,6 +334,8 @@ def run_index(self: Any, job_id: int) -> dict[str, Any]:
         _fail(job_id, exc)
         return {"failed": job_id}
     _finish(job_id, "succeeded", result=report.as_dict())
+    if s.worker_warm_indexes and _serves_queries():
+        _warm_in_background()  # this process's next queries find the new index loaded
     return {"indexed": job_id}
 
 

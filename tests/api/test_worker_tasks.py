@@ -87,7 +87,9 @@ def test_cancelled_query_is_not_answered(api: ApiEnv, tasks: Any) -> None:
     assert api.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
 
 
-def test_index_task_records_progress_and_report(api: ApiEnv, tasks: Any) -> None:
+def test_index_task_records_progress_and_report(api: ApiEnv, tasks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    warmed: list[bool] = []
+    monkeypatch.setattr(tasks, "_warm_in_background", lambda: warmed.append(True))
     resp = api.client.post(f"/api/v1/catalogues/{api.catalogue_id}/reindex", json={})
     job_id = resp.get_json()["job_id"]
     tasks.run_index.run(job_id)
@@ -95,6 +97,7 @@ def test_index_task_records_progress_and_report(api: ApiEnv, tasks: Any) -> None
     assert job["status"] == "succeeded", job
     assert job["result"]["embedded"] == 0 and job["result"]["unchanged"] >= 72  # nothing changed on disk
     assert job["progress"]["done"] == job["progress"]["total"]
+    assert warmed == [True]  # the process then loads the new index in the background
 
 
 def test_nightly_reindex_is_idempotent_per_day(api: ApiEnv, tasks: Any) -> None:
@@ -221,3 +224,109 @@ def test_submit_with_a_bad_wait_is_refused_and_creates_nothing(api: ApiEnv, task
                                data={"catalogue": "demo", "wait": bad, "file": (buf, "q.jpg")})
         assert resp.status_code == 422 and "wait" in resp.get_data(as_text=True), bad
     assert len(api.sent.calls) == before
+
+
+def test_a_query_worker_loads_the_indexed_catalogues_when_it_starts(api: ApiEnv, tasks: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import holder as holder_mod
+    from worker.celery_app import app
+
+    builds: list[int] = []
+    real_build = holder_mod.ModelHolder._build
+
+    def counted(self: Any, catalogue_id: int, *args: Any) -> Any:
+        builds.append(catalogue_id)
+        return real_build(self, catalogue_id, *args)
+
+    monkeypatch.setattr(holder_mod.ModelHolder, "_build", counted)
+    assert tasks.warm_indexes() == [api.catalogue_id]
+    assert builds == [api.catalogue_id]
+    snap = holder_mod.get_holder(api.settings).snapshot(api.catalogue_id)
+    assert list(snap.engine._indexes) == ["cosine"]  # the catalogue's default metric, built
+    job = _submit(api, (200, 30, 30))
+    tasks.run_query.run(job)
+    assert builds == [api.catalogue_id]  # the query used the warmed index
+    with session_scope(api.settings) as session:
+        assert services.get_job(session, job).status == "succeeded"
+    # only a worker that takes queries warms up (-Q names the queues it consumes)
+    queues = app.amqp.queues
+    monkeypatch.setattr(queues, "_consume_from", None)  # restored afterwards
+    queues.select(["cpu"])
+    assert not tasks._serves_queries()
+    queues.select(["gpu", "cpu"])
+    assert tasks._serves_queries()
+    queues._consume_from = None  # no -Q: every queue
+    assert tasks._serves_queries()
+
+
+def test_a_query_waits_for_the_catalogue_being_loaded_instead_of_loading_it_again(
+        api: ApiEnv, tasks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from worker import holder as holder_mod
+
+    builds: list[int] = []
+    started = threading.Event()
+    real_build = holder_mod.ModelHolder._build
+
+    def slow(self: Any, catalogue_id: int, *args: Any) -> Any:
+        builds.append(catalogue_id)
+        started.set()
+        time.sleep(0.5)  # a large catalogue
+        return real_build(self, catalogue_id, *args)
+
+    monkeypatch.setattr(holder_mod.ModelHolder, "_build", slow)
+    holder = holder_mod.get_holder(api.settings)
+    warming = threading.Thread(target=holder.warm)
+    warming.start()
+    assert started.wait(30)
+    snap = holder.snapshot(api.catalogue_id)  # arrives during the warm-up's load
+    warming.join(30)
+    assert builds == [api.catalogue_id]
+    assert holder.snapshot(api.catalogue_id) is snap
+
+
+def test_warm_model_runs_one_forward(api: ApiEnv, tasks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.vision.embed import Embedder
+    from worker import holder as holder_mod
+
+    seen: list[int] = []
+    real = Embedder.embed_images
+
+    def counted(self: Embedder, images: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Embedder, "embed_images", counted)
+    holder_mod.get_holder(api.settings).warm_model()
+    assert seen == [1]
+
+
+def test_an_index_asked_for_by_two_threads_is_built_once(api: ApiEnv, tasks: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import shared.engine as engine_mod
+    from worker import holder as holder_mod
+
+    engine = holder_mod.get_holder(api.settings).snapshot(api.catalogue_id).engine
+    engine._indexes.clear()
+    built: list[str] = []
+    real = engine_mod.ShardedIndex
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        built.append(args[2])
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_mod, "ShardedIndex", slow)
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(engine.index("euclidean"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert built == ["euclidean"]
+    assert len(got) == 3 and got[0] is got[1] is got[2]
