@@ -53,17 +53,17 @@ def _after_fork(**_: Any) -> None:
     process that answers queries also runs one forward, then loads the indexed catalogues in
     the background (``FIR_WORKER_WARM_INDEXES``)."""
     dispose_after_fork()
-    warm = settings().worker_warm_indexes and _serves_queries()
+    holder = get_holder(settings())
     try:
-        holder = get_holder(settings())
-        if warm:
-            holder.warm_model()  # this thread answers the queries: a fraction of a second
-        else:
-            holder.version()
+        holder.version()
     except FirError as exc:  # no active model yet: loaded on the first task instead
         log.warning("worker start: %s", exc.message)
         return
-    if warm:
+    if settings().worker_warm_indexes and _serves_queries():
+        try:
+            holder.warm_model()  # on this thread, which answers the queries: a fraction of a second
+        except Exception:  # noqa: BLE001 - the process must start anyway
+            log.exception("warm-up forward failed; the first query runs the first forward instead")
         _warm_in_background()
 
 

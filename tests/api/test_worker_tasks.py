@@ -330,3 +330,20 @@ def test_an_index_asked_for_by_two_threads_is_built_once(api: ApiEnv, tasks: Any
         t.join(30)
     assert built == ["euclidean"]
     assert len(got) == 3 and got[0] is got[1] is got[2]
+
+
+def test_a_worker_process_starts_even_if_its_warm_up_forward_fails(api: ApiEnv, tasks: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import holder as holder_mod
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    started: list[bool] = []
+    monkeypatch.setattr(holder_mod.ModelHolder, "warm_model", broken)
+    monkeypatch.setattr(tasks, "_warm_in_background", lambda: started.append(True))
+    tasks._after_fork()  # logs the failure, does not raise
+    assert started == [True]  # and the catalogues still load in the background
+    monkeypatch.setattr(api.settings, "worker_warm_indexes", False)
+    tasks._after_fork()
+    assert started == [True]  # FIR_WORKER_WARM_INDEXES=0: no warm-up
