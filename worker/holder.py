@@ -9,8 +9,8 @@ one never mixes two models even if another thread reloads meanwhile.
 Loading a catalogue (its vectors from the database, its index and graphs) takes seconds to
 minutes for a large one. :meth:`ModelHolder.warm` does it for every indexed catalogue when a
 query worker process starts (a background thread, ``FIR_WORKER_WARM_INDEXES``), so the first
-queries do not wait for it; one build runs at a time, and a query that needs a catalogue being
-built waits for that build instead of repeating it.
+queries do not wait for it. A query that needs a catalogue being built waits for that build
+instead of repeating it; a query for another catalogue does not wait.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class ModelHolder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._build_lock = threading.Lock()  # one catalogue load at a time (module docstring)
+        # one load per catalogue at a time (module docstring); catalogues load independently
+        self._build_locks: dict[int, threading.Lock] = {}
         self._version: LoadedVersion | None = None
         self._catalogues: dict[int, Snapshot] = {}
 
@@ -110,7 +111,9 @@ class ModelHolder:
         cached = self._cached(catalogue_id, version, generation)
         if cached is not None:
             return cached
-        with self._build_lock:
+        with self._lock:
+            build_lock = self._build_locks.setdefault(catalogue_id, threading.Lock())
+        with build_lock:
             cached = self._cached(catalogue_id, version, generation)  # built while this call waited
             if cached is not None:
                 return cached

@@ -347,3 +347,35 @@ def test_a_worker_process_starts_even_if_its_warm_up_forward_fails(api: ApiEnv, 
     monkeypatch.setattr(api.settings, "worker_warm_indexes", False)
     tasks._after_fork()
     assert started == [True]  # FIR_WORKER_WARM_INDEXES=0: no warm-up
+
+
+def test_a_catalogue_being_loaded_does_not_hold_up_another(api: ApiEnv, tasks: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from worker import holder as holder_mod
+
+    started, release, first_done = threading.Event(), threading.Event(), threading.Event()
+    other = api.catalogue_id + 1000
+    seen: list[bool] = []
+    real_build = holder_mod.ModelHolder._build
+
+    def build(self: Any, catalogue_id: int, *args: Any) -> Any:
+        if catalogue_id == other:
+            seen.append(first_done.is_set())  # False: built while the large one still loads
+            return "other"
+        started.set()
+        release.wait(10)  # a large catalogue, until the other one is done
+        snap = real_build(self, catalogue_id, *args)
+        first_done.set()
+        return snap
+
+    monkeypatch.setattr(holder_mod.ModelHolder, "_build", build)
+    holder = holder_mod.get_holder(api.settings)
+    loading = threading.Thread(target=holder.snapshot, args=(api.catalogue_id,))
+    loading.start()
+    assert started.wait(30)
+    assert holder.snapshot(other) == "other"
+    release.set()
+    loading.join(30)
+    assert seen == [False] and first_done.is_set()
