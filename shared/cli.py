@@ -638,7 +638,7 @@ def index_cmd(c: Ctx, catalogue_dir: Path, name: str | None, full: bool) -> None
     model = load_model(Path(str(active.checkpoint_path)))
     router = Router.load(Path(active.router_path), expect_model_id=model.model_id) if active.router_path else None
     embedder = Embedder(model.net, model.meta.backbone, model.meta.image_size, device=s.device,
-                        precision=s.precision, max_pixels=s.max_image_pixels)
+                        precision=s.precision, max_pixels=s.max_image_pixels, jpeg_decode=s.jpeg_decode)
     report = index_catalogue(s, cat.id, active.id, embedder, router, full=full, show_bar=True)
     click.echo(f"catalogue {cat.name} (id {cat.id}), model version {active.id}: {report.summary()}")
     for key, reason in list(report.bad_reasons.items())[:10]:

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # ``on``: always; ``off``: never. Queries always run eager (no compile wait, any batch size).
     compile: Literal["auto", "on", "off"] = "auto"
     compile_min_images: int = 4000
+    # Where JPEGs are decoded for indexing and queries: ``cpu`` (Pillow, in the loader processes)
+    # or ``device`` (the model's GPU, nvJPEG: 1.6-3.4x the loading throughput on an H200, features
+    # at cosine >= 0.9975 of Pillow's; bench/RESULTS.md, section 2c). Set it alike on every worker
+    # that embeds for a catalogue. On a CPU ``device`` runs torchvision's decoder (for tests).
+    jpeg_decode: Literal["cpu", "device"] = "cpu"
 
     # Imaging limits
     max_image_pixels: int = 40_000_000

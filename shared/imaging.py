@@ -58,6 +58,18 @@ def probe_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
         return _check_header(img, name, max_pixels)
 
 
+def open_checked(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+    """The image opened (header read, no pixels decoded) after the checks :func:`probe_image`
+    makes, and its name for messages; the caller closes it."""
+    img, name = _open(source)
+    try:
+        _check_header(img, name, max_pixels)
+    except BadImage:
+        img.close()
+        raise
+    return img, name
+
+
 def _check_header(img: Image.Image, name: str, max_pixels: int) -> tuple[str, int, int]:
     fmt = img.format or "unknown"
     if fmt not in ALLOWED_FORMATS:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
@@ -80,7 +79,7 @@ class ModelHolder:
         router = Router.load(Path(info.router_path), expect_model_id=model.model_id) if info.router_path else None
         embedder = Embedder(model.net, model.meta.backbone, model.meta.image_size,
                             device=self.settings.device, precision=self.settings.precision,
-                            max_pixels=self.settings.max_image_pixels)
+                            max_pixels=self.settings.max_image_pixels, jpeg_decode=self.settings.jpeg_decode)
         log.info("loaded model version %d (%s, %s)", version_id, model.model_id, embedder.describe())
         return LoadedVersion(version_id, model, router, embedder)
 
@@ -174,8 +173,7 @@ class ModelHolder:
         """Loads the active model version and runs one forward of a blank image: the first
         query would otherwise pay for the framework's first-call set-up (kernels, memory pools,
         the calling thread's compute threads, so call it on the thread that answers queries)."""
-        embedder = self.version().embedder
-        embedder.embed_images([Image.new("RGB", (embedder.image_size, embedder.image_size))])
+        self.version().embedder.warm()
 
 
 _holder: ModelHolder | None = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
@@ -231,7 +232,7 @@ def answer_queries(claimed: list[JobInfo]) -> None:
             continue
         engine = snap.engine
         vectors: dict[int, np.ndarray] = {}  # job -> [n_inputs, d]
-        images = []
+        images: list[torch.Tensor] = []  # uint8 crops (Embedder.prepare)
         owners: list[int] = []
         for j in ids:
             params = jobs[j].params or {}
@@ -241,14 +242,14 @@ def answer_queries(claimed: list[JobInfo]) -> None:
                 else:
                     paths = params.get("uploads") or [params["upload"]]
                     # decoded as indexing decodes, so a catalogue photo finds its own vector
-                    loaded = [engine.embedder.decode(Path(p)) for p in paths]
+                    loaded = [engine.embedder.prepare(Path(p)) for p in paths]
                     images.extend(loaded)
                     owners.extend([j] * len(loaded))
             except (BadImage, FirError) as exc:
                 _fail(j, exc)
         if images:
             t_embed = time.perf_counter()
-            embedded = engine.embedder.embed_images(images, batch_size=min(len(images), 32))
+            embedded = engine.embedder.embed_crops(images, batch_size=min(len(images), 32))
             record_embedding("query", len(images), time.perf_counter() - t_embed)
             rows_of: dict[int, list[int]] = defaultdict(list)
             for n, j in enumerate(owners):

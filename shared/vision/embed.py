@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,15 @@ from tqdm import tqdm
 from shared.errors import BadImage, InvalidInput
 from shared.imaging import DEFAULT_MAX_PIXELS, load_image
 from shared.vision.backbone import FeatureNet
-from shared.vision.preprocess import make_transform, normalise_batch, resize_size
+from shared.vision.device_decode import (
+    Jpeg,
+    blank_jpeg,
+    decode_jpegs,
+    read_device_jpeg,
+    resolve_jpeg_decode,
+    shrink_like_draft,
+)
+from shared.vision.preprocess import eval_geometry, make_transform, normalise_batch, resize_size
 
 # torch raises torch.OutOfMemoryError (torch.cuda.OutOfMemoryError before 2.5); the CPU allocator
 # raises MemoryError or a RuntimeError that says so.
@@ -85,24 +94,68 @@ def decode_for_model(path: Path, image_size: int, max_pixels: int = DEFAULT_MAX_
     return load_image(path, max_pixels=max_pixels, draft_size=(side, side))
 
 
-class _PathDataset(Dataset[tuple[torch.Tensor, int, str]]):
+@dataclass
+class _Item:
+    """One file from a loader process: a crop decoded there, or a JPEG for the device decoder,
+    or the reason it failed."""
+
+    index: int
+    crop: torch.Tensor | None = None
+    jpeg: Jpeg | None = None
+    error: str = ""
+
+
+@dataclass
+class _Batch:
+    """A loader batch: the crops decoded in the loader (stacked, so one shared-memory tensor
+    crosses from the loader process), the JPEGs left for the device, and the failures."""
+
+    crops: torch.Tensor
+    crop_idx: list[int]
+    jpegs: list[Jpeg]
+    jpeg_idx: list[int]
+    errors: dict[int, str]
+
+    def pin_memory(self) -> _Batch:  # called by the DataLoader when it pins batches
+        self.crops = self.crops.pin_memory()
+        return self
+
+
+class _Collate:
+    def __init__(self, shape: tuple[int, int, int], dtype: torch.dtype) -> None:
+        self.shape, self.dtype = shape, dtype
+
+    def __call__(self, items: list[_Item]) -> _Batch:
+        crops = [it for it in items if it.crop is not None]
+        jpegs = [it for it in items if it.jpeg is not None]
+        stacked = (torch.stack([it.crop for it in crops if it.crop is not None]) if crops
+                   else torch.zeros((0, *self.shape), dtype=self.dtype))
+        return _Batch(stacked, [it.index for it in crops], [it.jpeg for it in jpegs if it.jpeg is not None],
+                      [it.index for it in jpegs], {it.index: it.error for it in items if it.error})
+
+
+class _PathDataset(Dataset[_Item]):
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
-                 image_size: int, max_pixels: int, blank_dtype: torch.dtype = torch.float32) -> None:
+                 image_size: int, max_pixels: int, device_jpegs: bool) -> None:
         self.paths = list(paths)
-        self.blank_dtype = blank_dtype  # the placeholder for a file that fails to decode
         self.transform = transform
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.device_jpegs = device_jpegs  # hand JPEGs over undecoded, for the device
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, i: int) -> _Item:
         try:
+            if self.device_jpegs:
+                jpeg = read_device_jpeg(self.paths[i], self.max_pixels)
+                if jpeg is not None:
+                    return _Item(i, jpeg=jpeg)
             img = decode_for_model(self.paths[i], self.image_size, self.max_pixels)
-            return self.transform(img), i, ""
+            return _Item(i, crop=self.transform(img))
         except BadImage as exc:
-            return torch.zeros(3, self.image_size, self.image_size, dtype=self.blank_dtype), i, exc.reason
+            return _Item(i, error=exc.reason)
 
 
 class Embedder:
@@ -118,6 +171,7 @@ class Embedder:
         channels_last: bool | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         normalise_on_device: bool | None = None,
+        jpeg_decode: str = "cpu",
     ) -> None:
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -126,11 +180,16 @@ class Embedder:
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.transform = make_transform(backbone, image_size)
+        # JPEGs decoded on the model's device (opt-in; nvJPEG on a GPU; shared/vision/device_decode.py)
+        self.device_jpegs = resolve_jpeg_decode(jpeg_decode, self.device)
         # Loader processes hand over uint8 crops, normalised on the device: on a GPU a quarter
         # of the bytes to collate, pin and copy (default there); on a CPU nothing is gained.
-        self.normalise_on_device = self.device.type == "cuda" if normalise_on_device is None else normalise_on_device
-        self.loader_transform = (make_transform(backbone, image_size, normalise=False)
-                                 if self.normalise_on_device else self.transform)
+        # Decoding on the device makes uint8 crops there, so the loader's must match.
+        self.normalise_on_device = (self.device.type == "cuda" or self.device_jpegs
+                                    if normalise_on_device is None else normalise_on_device or self.device_jpegs)
+        self.crop_transform = make_transform(backbone, image_size, normalise=False)
+        self.loader_transform = self.crop_transform if self.normalise_on_device else self.transform
+        self.geometry = eval_geometry(image_size)
         net = net.eval().to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -174,7 +233,9 @@ class Embedder:
         return self.net.feature_dim
 
     def describe(self) -> str:
-        return f"{self.backbone} on {self.device} ({self.precision}{', channels_last' if self.channels_last else ''})"
+        extras = [self.precision] + (["channels_last"] if self.channels_last else [])
+        extras += [f"JPEGs decoded on {self.device}"] if self.device_jpegs else []
+        return f"{self.backbone} on {self.device} ({', '.join(extras)})"
 
     def embed_tensor(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
         """Features of a batch; a batch too big for memory is split in halves and retried
@@ -203,8 +264,82 @@ class Embedder:
         return feats.float().cpu().numpy().astype(np.float32, copy=False)
 
     def decode(self, path: Path) -> Image.Image:
-        """``path`` decoded as :meth:`iter_paths` decodes it (:func:`decode_for_model`)."""
+        """``path`` decoded on the CPU as :meth:`iter_paths` decodes it there (:func:`decode_for_model`)."""
         return decode_for_model(path, self.image_size, self.max_pixels)
+
+    def _device_crops(self, jpegs: Sequence[Jpeg]) -> list[torch.Tensor | None]:
+        """JPEGs decoded, resized and cropped on the device (uint8 ``[3, s, s]``); ``None`` where
+        the device decoder failed."""
+        side = resize_size(self.image_size)
+        images = [None if img is None else shrink_like_draft(img, side) for img in decode_jpegs(jpegs, self.device)]
+        # images of one size are resized and cropped as one batch: a catalogue's photos often
+        # share a few sizes, and one call per image cost more than the decoding (bench_decode).
+        # A single image is a batch of one: the same memory layout, so the same pixels.
+        same_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, img in enumerate(images):
+            if img is not None:
+                same_size[tuple(img.shape)].append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for members in same_size.values():
+            crops = self.geometry(torch.stack([images[i] for i in members]))  # type: ignore[misc]
+            for i, crop in zip(members, crops, strict=True):
+                out[i] = crop
+        return out
+
+    def prepare(self, path: Path) -> torch.Tensor:
+        """One image file as the uint8 crop :meth:`iter_paths` would embed for it, decoded the
+        same way (on the device where it would be): a catalogue photo sent as a query gets
+        the vector it was indexed with. Raises :class:`BadImage`."""
+        if self.device_jpegs:
+            jpeg = read_device_jpeg(path, self.max_pixels)
+            if jpeg is not None:
+                crop = self._device_crops([jpeg])[0]
+                if crop is not None:
+                    return crop
+        return self.crop_transform(self.decode(path))
+
+    def embed_crops(self, crops: Sequence[torch.Tensor], batch_size: int = 16) -> npt.NDArray[np.float32]:
+        """Features of :meth:`prepare`'s crops."""
+        if not crops:
+            return np.zeros((0, self.feature_dim), np.float32)
+        out = []
+        for start in range(0, len(crops), batch_size):
+            chunk = [c.to(self.device, non_blocking=True) for c in crops[start : start + batch_size]]
+            out.append(self.embed_tensor(torch.stack(chunk)))
+        return np.concatenate(out)
+
+    def warm(self) -> None:
+        """One forward of a blank image, and one device JPEG decode where JPEGs are decoded on
+        the device: the first query would otherwise pay for both set-ups."""
+        self.embed_images([Image.new("RGB", (self.image_size, self.image_size))])
+        if self.device_jpegs:
+            self._device_crops([Jpeg(blank_jpeg(self.image_size), self.image_size ** 2)])
+
+    def _batch_input(self, batch: _Batch, paths: Sequence[Path]) -> tuple[torch.Tensor, list[int], dict[int, str]]:
+        """A loader batch as one input tensor on the device, rows in input order: the loader's
+        crops, and the JPEGs decoded on the device (a JPEG the device decoder fails on is
+        decoded on the CPU here, and reported if that fails too)."""
+        errors = dict(batch.errors)
+        parts = [batch.crops.to(self.device, non_blocking=True)] if batch.crop_idx else []
+        idx = list(batch.crop_idx)
+        if batch.jpegs:
+            decoded = self._device_crops(batch.jpegs)
+            for i, crop in zip(batch.jpeg_idx, decoded, strict=True):
+                if crop is None:
+                    try:
+                        crop = self.loader_transform(self.decode(paths[i]))
+                    except BadImage as exc:
+                        errors[i] = exc.reason
+                        continue
+                parts.append(crop.to(self.device)[None])
+                idx.append(i)
+        if not parts:
+            return torch.zeros(0), [], errors
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        order = sorted(range(len(idx)), key=idx.__getitem__)
+        if order != list(range(len(idx))):
+            x = x[torch.as_tensor(order, device=x.device)]
+        return x, [idx[j] for j in order], errors
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> npt.NDArray[np.float32]:
         if not images:
@@ -236,28 +371,27 @@ class Embedder:
         if not paths:
             return
         loader = DataLoader(
-            _PathDataset(paths, self.loader_transform, self.image_size, self.max_pixels,
-                         torch.uint8 if self.normalise_on_device else torch.float32),
+            _PathDataset(paths, self.loader_transform, self.image_size, self.max_pixels, self.device_jpegs),
             batch_size=batch_size,
             num_workers=workers,
+            collate_fn=_Collate((3, self.image_size, self.image_size),
+                                torch.uint8 if self.normalise_on_device else torch.float32),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
         )
         bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
         try:
-            for images, idx, errs in _iterate(loader):
-                good = [j for j, e in enumerate(errs) if not e]
-                errors = {int(idx[j]): e for j, e in enumerate(errs) if e}
+            for batch in loader:
+                x, ok, errors = self._batch_input(batch, paths)
                 for i, reason in errors.items():
                     log.warning("skipped %s: %s", paths[i], reason)
-                if good:
-                    batch = images[good] if len(good) < len(errs) else images
-                    feats = self._embed_compiled(batch, batch_size) if compiled else self.embed_tensor(batch)
+                if ok:
+                    feats = self._embed_compiled(x, batch_size) if compiled else self.embed_tensor(x)
                 else:
                     feats = np.zeros((0, self.feature_dim), np.float32)
-                bar.update(len(errs))
-                yield EmbedResult(feats, np.asarray([int(idx[j]) for j in good], dtype=np.int64), errors)
+                bar.update(len(ok) + len(errors))
+                yield EmbedResult(feats, np.asarray(ok, dtype=np.int64), errors)
         finally:
             bar.close()
 
@@ -285,8 +419,3 @@ def merge_results(parts: Sequence[EmbedResult], dim: int) -> EmbedResult:
     mat = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
     ok = np.concatenate([p.ok for p in parts]) if parts else np.zeros(0, np.int64)
     return EmbedResult(mat, ok.astype(np.int64, copy=False), errors)
-
-
-def _iterate(loader: DataLoader[tuple[torch.Tensor, int, str]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    for images, idx, errs in loader:
-        yield images, idx, list(errs)

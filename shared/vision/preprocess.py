@@ -15,6 +15,12 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
+def eval_geometry(image_size: int) -> v2.Compose:
+    """The evaluation resize and centre crop, on a uint8 ``[3, h, w]`` tensor on any device:
+    the geometry of :func:`make_transform`, also run on a GPU after decoding there."""
+    return v2.Compose([v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size)])
+
+
 def make_transform(backbone: str, image_size: int, train: bool = False, normalise: bool = True) -> v2.Compose:
     """PIL RGB image -> normalised float tensor ``[3, image_size, image_size]``.
 
@@ -29,10 +35,7 @@ def make_transform(backbone: str, image_size: int, train: bool = False, normalis
             v2.RandomHorizontalFlip(),
         ]
     else:
-        geometry = [
-            v2.Resize(resize_size(image_size), antialias=True),
-            v2.CenterCrop(image_size),
-        ]
+        geometry = [eval_geometry(image_size)]
     if not normalise:
         return v2.Compose([v2.ToImage(), *geometry])
     return v2.Compose(
