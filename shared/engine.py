@@ -71,7 +71,8 @@ class RetrievalEngine:
         self.index_options = index_options or IndexOptions(
             device=resolve_search_device("auto", self.embedder.device))
         self._indexes: dict[str, ShardedIndex] = {}
-        self._index_lock = threading.Lock()  # one build per metric, also across threads
+        # one build per metric, also across threads; the metrics build side by side
+        self._index_locks = {m: threading.Lock() for m in METRICS}
 
     @classmethod
     def from_files(cls, model: Path, features: Path, router: Path | None,
@@ -95,7 +96,7 @@ class RetrievalEngine:
         it in the background; a query that asks meanwhile waits for that build)."""
         index = self._indexes.get(metric)
         if index is None:
-            with self._index_lock:
+            with self._index_locks[metric]:
                 index = self._indexes.get(metric)
                 if index is None:
                     index = ShardedIndex(self.catalogue.vectors, self.catalogue.categories, metric,

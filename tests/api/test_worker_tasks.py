@@ -332,6 +332,42 @@ def test_an_index_asked_for_by_two_threads_is_built_once(api: ApiEnv, tasks: Any
     assert len(got) == 3 and got[0] is got[1] is got[2]
 
 
+def test_two_metrics_of_one_catalogue_build_side_by_side(api: ApiEnv, tasks: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A euclidean query does not wait behind the cosine index's build (minutes at a million
+    items): each metric has its own build lock."""
+    import threading
+
+    import shared.engine as engine_mod
+    from worker import holder as holder_mod
+
+    engine = holder_mod.get_holder(api.settings).snapshot(api.catalogue_id).engine
+    engine._indexes.clear()
+    cosine_started, release = threading.Event(), threading.Event()
+    real = engine_mod.ShardedIndex
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if args[2] == "cosine":
+            cosine_started.set()
+            assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_mod, "ShardedIndex", held)
+    slow = threading.Thread(target=engine.index, args=("cosine",))
+    slow.start()
+    try:
+        assert cosine_started.wait(30)
+        done = threading.Thread(target=engine.index, args=("euclidean",))
+        done.start()
+        done.join(30)
+        assert not done.is_alive() and "euclidean" in engine._indexes  # built while cosine is held
+        assert "cosine" not in engine._indexes
+    finally:
+        release.set()
+        slow.join(30)
+    assert set(engine._indexes) == {"cosine", "euclidean"}
+
+
 def test_a_worker_process_starts_even_if_its_warm_up_forward_fails(api: ApiEnv, tasks: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import holder as holder_mod
