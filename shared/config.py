@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # A query worker process runs one forward when it starts and loads every indexed catalogue
     # (vectors, index, graphs) in the background, so the first queries do not wait for them.
     worker_warm_indexes: bool = True
+    # At most this many indexed items (all warmed catalogues together) per worker process; the
+    # most recently queried catalogues come first, the others load on their first query.
+    # 0: no cap. Memory per process is about the items' vectors plus their graphs.
+    worker_warm_max_items: int = Field(default=0, ge=0)
 
     # Search index (shared/search): HNSW graphs (faiss, the ``ann`` extra) for large shards.
     # ``auto``: a graph for each category shard of at least ``search_ann_threshold`` vectors,

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db import services
+from shared.db import services, stats
 from shared.db.session import session_scope
 from shared.engine import RetrievalEngine
 from shared.errors import FirError, NotFound
@@ -156,10 +157,15 @@ class ModelHolder:
             active_id = self._active_id(session)
             generations = services.list_index_generations(session)
             metrics = {c.id: c.default_metric for c in services.list_catalogues(session)}
+            sizes = {c.catalogue_id: c.indexed for c in stats.catalogue_sizes(session, active_id)}
+            last = stats.last_queried(session)
+        indexed = [c for (c, v), g in generations.items() if v == active_id and g >= 1 and c in metrics]
+        chosen, skipped = warm_order({c: sizes.get(c, 0) for c in indexed}, last, self.settings.worker_warm_max_items)
+        if skipped:
+            log.info("warm-up: catalogues %s left for their first query (FIR_WORKER_WARM_MAX_ITEMS=%d)",
+                     skipped, self.settings.worker_warm_max_items)
         loaded = []
-        for (catalogue_id, version_id), generation in sorted(generations.items()):
-            if version_id != active_id or generation < 1 or catalogue_id not in metrics:
-                continue
+        for catalogue_id in chosen:
             try:
                 # the index for the catalogue's default metric, graphs included
                 self.snapshot(catalogue_id).engine.index(metrics[catalogue_id])  # type: ignore[arg-type]
@@ -174,6 +180,30 @@ class ModelHolder:
         query would otherwise pay for the framework's first-call set-up (kernels, memory pools,
         the calling thread's compute threads, so call it on the thread that answers queries)."""
         self.version().embedder.warm()
+
+
+def warm_order(sizes: dict[int, int], last_queried: dict[int, datetime],
+               max_items: int) -> tuple[list[int], list[int]]:
+    """Which catalogues a warm-up loads, in order, and which it leaves: the most recently
+    queried first, then those never queried (smallest first), each while the items loaded stay
+    within ``max_items`` (0: no cap; a catalogue too large for what is left is skipped, and a
+    smaller one after it may still fit)."""
+    def key(c: int) -> tuple[int, float, int, int]:
+        when = last_queried.get(c)
+        if when is None:
+            return (1, 0.0, sizes[c], c)
+        if when.tzinfo is None:  # SQLite hands back naive UTC times
+            when = when.replace(tzinfo=UTC)
+        return (0, -when.timestamp(), sizes[c], c)
+
+    chosen, skipped, held = [], [], 0
+    for c in sorted(sizes, key=key):
+        if max_items and held + sizes[c] > max_items:
+            skipped.append(c)
+            continue
+        chosen.append(c)
+        held += sizes[c]
+    return chosen, skipped
 
 
 _holder: ModelHolder | None = None

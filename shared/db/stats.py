@@ -4,6 +4,7 @@ query, cheap enough to run on every scrape."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -51,3 +52,12 @@ def catalogue_sizes(session: Session, model_version_id: int | None) -> list[Cata
         )
         indexed = {int(c): int(n) for c, n in rows}
     return [CatalogueSize(c, name, by_status.get(c, {}), indexed.get(c, 0)) for c, name in sorted(cats.items())]
+
+
+def last_queried(session: Session) -> dict[int, datetime]:
+    """When each catalogue last got a query (the newest query job's creation), for catalogues
+    that ever got one."""
+    rows = session.execute(select(Job.catalogue_id, func.max(Job.created_at))
+                           .where(Job.type == "query", Job.catalogue_id.is_not(None))
+                           .group_by(Job.catalogue_id))
+    return {int(c): t for c, t in rows if c is not None and t is not None}

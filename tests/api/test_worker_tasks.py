@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from shared.db import services
 from shared.db.models import Job, QueryResult
@@ -257,6 +257,64 @@ def test_a_query_worker_loads_the_indexed_catalogues_when_it_starts(api: ApiEnv,
     assert tasks._serves_queries()
     queues._consume_from = None  # no -Q: every queue
     assert tasks._serves_queries()
+
+
+def test_the_warm_up_loads_the_recently_queried_catalogues_first_within_the_cap() -> None:
+    from worker.holder import warm_order
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    sizes = {1: 500, 2: 300, 3: 100, 4: 50, 5: 400}
+    last = {2: now, 5: now - timedelta(days=3), 1: (now - timedelta(hours=1)).replace(tzinfo=None)}  # 1: naive UTC
+    # no cap: everything, recently queried first (2, 1, 5), then the never queried, smallest first
+    assert warm_order(sizes, last, 0) == ([2, 1, 5, 4, 3], [])
+    # a cap of 900: 2 (300) and 1 (500) fit, 5 (400) does not, 4 (50) still does, then 3 (100) not
+    assert warm_order(sizes, last, 900) == ([2, 1, 4], [5, 3])
+    assert warm_order({}, last, 10) == ([], [])
+
+
+def test_a_warm_up_cap_below_the_catalogue_leaves_it_for_its_first_query(api: ApiEnv, tasks: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.db import stats
+    from worker import holder as holder_mod
+
+    with session_scope(api.settings) as session:
+        size = {c.catalogue_id: c.indexed for c in stats.catalogue_sizes(session, api.version_id)}[api.catalogue_id]
+    assert size > 1
+    builds: list[int] = []
+    real_build = holder_mod.ModelHolder._build
+
+    def counted(self: Any, catalogue_id: int, *args: Any) -> Any:
+        builds.append(catalogue_id)
+        return real_build(self, catalogue_id, *args)
+
+    monkeypatch.setattr(holder_mod.ModelHolder, "_build", counted)
+    # (other tests may have indexed more catalogues in this session's database)
+    capped = api.settings.model_copy(update={"worker_warm_max_items": size - 1})
+    assert api.catalogue_id not in holder_mod.ModelHolder(capped).warm() and api.catalogue_id not in builds
+    # the warm-up hands the sizes and the cap to warm_order, and loads what it chooses
+    seen: dict[str, Any] = {}
+
+    def choose(sizes: dict[int, int], last: Any, cap: int) -> tuple[list[int], list[int]]:
+        seen.update(sizes=sizes, cap=cap)
+        return [api.catalogue_id], [c for c in sizes if c != api.catalogue_id]
+
+    monkeypatch.setattr(holder_mod, "warm_order", choose)
+    builds.clear()
+    assert holder_mod.ModelHolder(capped).warm() == [api.catalogue_id] and builds == [api.catalogue_id]
+    assert seen["sizes"][api.catalogue_id] == size and seen["cap"] == size - 1
+
+
+def test_last_queried_is_the_newest_query_job_per_catalogue(api: ApiEnv, tasks: Any) -> None:
+    from shared.db import stats
+
+    first = _submit(api, (10, 200, 10))  # (the session's database may hold older queries)
+    second = _submit(api, (10, 10, 200))
+    with session_scope(api.settings) as session:
+        created = {j: services.get_job(session, j).created_at for j in (first, second)}
+        assert stats.last_queried(session)[api.catalogue_id] == max(created.values())
+        newest = session.scalars(select(Job.created_at).where(Job.type == "query")
+                                 .order_by(Job.created_at.desc()).limit(1)).one()
+        assert newest == created[second]  # nothing newer elsewhere: the max is this catalogue's
 
 
 def test_a_query_waits_for_the_catalogue_being_loaded_instead_of_loading_it_again(
