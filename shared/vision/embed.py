@@ -185,8 +185,8 @@ class Embedder:
         # Loader processes hand over uint8 crops, normalised on the device: on a GPU a quarter
         # of the bytes to collate, pin and copy (default there); on a CPU nothing is gained.
         # Decoding on the device makes uint8 crops there, so the loader's must match.
-        self.normalise_on_device = (self.device.type == "cuda" or self.device_jpegs
-                                    if normalise_on_device is None else normalise_on_device or self.device_jpegs)
+        self.normalise_on_device = self.device_jpegs or (
+            self.device.type == "cuda" if normalise_on_device is None else normalise_on_device)
         self.crop_transform = make_transform(backbone, image_size, normalise=False)
         self.loader_transform = self.crop_transform if self.normalise_on_device else self.transform
         self.geometry = eval_geometry(image_size)
@@ -327,7 +327,7 @@ class Embedder:
             for i, crop in zip(batch.jpeg_idx, decoded, strict=True):
                 if crop is None:
                     try:
-                        crop = self.loader_transform(self.decode(paths[i]))
+                        crop = self.crop_transform(self.decode(paths[i]))
                     except BadImage as exc:
                         errors[i] = exc.reason
                         continue

@@ -226,10 +226,9 @@ def test_submit_with_a_bad_wait_is_refused_and_creates_nothing(api: ApiEnv, task
     assert len(api.sent.calls) == before
 
 
-def test_a_query_worker_loads_the_indexed_catalogues_when_it_starts(api: ApiEnv, tasks: Any,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The catalogues the holder builds (loads) from now on, in order."""
     from worker import holder as holder_mod
-    from worker.celery_app import app
 
     builds: list[int] = []
     real_build = holder_mod.ModelHolder._build
@@ -239,6 +238,15 @@ def test_a_query_worker_loads_the_indexed_catalogues_when_it_starts(api: ApiEnv,
         return real_build(self, catalogue_id, *args)
 
     monkeypatch.setattr(holder_mod.ModelHolder, "_build", counted)
+    return builds
+
+
+def test_a_query_worker_loads_the_indexed_catalogues_when_it_starts(api: ApiEnv, tasks: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import holder as holder_mod
+    from worker.celery_app import app
+
+    builds = _count_builds(monkeypatch)
     assert tasks.warm_indexes() == [api.catalogue_id]
     assert builds == [api.catalogue_id]
     snap = holder_mod.get_holder(api.settings).snapshot(api.catalogue_id)
@@ -280,14 +288,7 @@ def test_a_warm_up_cap_below_the_catalogue_leaves_it_for_its_first_query(api: Ap
     with session_scope(api.settings) as session:
         size = {c.catalogue_id: c.indexed for c in stats.catalogue_sizes(session, api.version_id)}[api.catalogue_id]
     assert size > 1
-    builds: list[int] = []
-    real_build = holder_mod.ModelHolder._build
-
-    def counted(self: Any, catalogue_id: int, *args: Any) -> Any:
-        builds.append(catalogue_id)
-        return real_build(self, catalogue_id, *args)
-
-    monkeypatch.setattr(holder_mod.ModelHolder, "_build", counted)
+    builds = _count_builds(monkeypatch)
     # (other tests may have indexed more catalogues in this session's database)
     capped = api.settings.model_copy(update={"worker_warm_max_items": size - 1})
     assert api.catalogue_id not in holder_mod.ModelHolder(capped).warm() and api.catalogue_id not in builds
