@@ -155,6 +155,19 @@ def test_bad_options_raise() -> None:
         IndexOptions(storage="int8")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         IndexOptions(ann_threshold=0)
+    with pytest.raises(InvalidInput):
+        IndexOptions(probe_ef=-1)
+
+
+def test_probe_ef_comes_from_settings() -> None:
+    from pydantic import ValidationError
+
+    from shared.config import Settings
+
+    assert IndexOptions.from_settings(Settings(search_device="host", search_probe_ef=0)).probe_ef == 0
+    assert IndexOptions.from_settings(Settings(search_device="host")).probe_ef == 32
+    with pytest.raises(ValidationError, match="search_probe_ef"):
+        Settings(search_probe_ef=-1)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -247,3 +260,93 @@ def test_a_single_query_searches_its_graph_shards_side_by_side(monkeypatch: pyte
     graph.search(queries[:1], 10, exact=True)
     assert not any(name.startswith("fir-shard") for name in threads)
 
+
+
+def _spy_graph_searches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int | None]]:
+    """Records each graph search as (shard id, number of queries, the call's efSearch)."""
+    calls: list[tuple[int, int, int | None]] = []
+    real = ann_mod.HnswShard.search
+
+    def spy(self: ann_mod.HnswShard, q: npt.NDArray[np.float32], k: int,
+            ef_search: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        calls.append((id(self), len(q), ef_search))
+        return real(self, q, k, ef_search)
+
+    monkeypatch.setattr(ann_mod.HnswShard, "search", spy)
+    return calls
+
+
+def test_several_graph_shards_are_probed_then_only_the_placing_ones_searched_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, cats, queries = clustered(4000, seed=7)
+    graph = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", ef_search=96, probe_ef=16))
+    shard_of = {id(graph._shards[c].ann): c for c in graph.shard_names}
+    calls = _spy_graph_searches(monkeypatch)
+    refined_any = False
+    for q in queries[:12]:
+        # the probe alone: every shard at efSearch 16 (the full efSearch no higher: no probe)
+        calls.clear()
+        probe_top = graph.search(q, 10, ef_search=16).indices[0]
+        assert sorted(c for _, _, c in calls) == [16] * 4
+        placed = {cats[j] for j in probe_top.tolist()}
+        calls.clear()
+        graph.search(q, 10)
+        assert [ef for _, _, ef in calls[:4]] == [16] * 4 and len({s for s, _, _ in calls[:4]}) == 4
+        again = calls[4:]
+        assert all(ef is None for _, _, ef in again)  # the shard's own efSearch
+        assert {shard_of[s] for s, _, _ in again} == placed and len(again) == len(placed)
+        refined_any |= len(placed) < 4
+    assert refined_any  # some query searched fewer than all four shards again
+    # the answers: as good as every shard searched with the full efSearch
+    exact = ShardedIndex(vectors, cats, ann="exact")
+    full = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", ef_search=96, probe_ef=0))
+    for routes in (None, [("dress", "shirt", "toptee")] * 30):
+        ref = exact.search(queries, 10, routes).indices
+        assert recall(graph.search(queries, 10, routes).indices, ref) >= 0.99
+        assert recall(full.search(queries, 10, routes).indices, ref) >= 0.99
+
+
+def test_a_batch_searches_each_shard_again_only_for_the_queries_it_placed_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, cats, queries = clustered(4000, seed=8)
+    graph = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", ef_search=96, probe_ef=16))
+    probe_top = graph.search(queries, 10, ef_search=16).indices
+    placed_in = {c: sum(c in {cats[j] for j in row.tolist()} for row in probe_top) for c in graph.shard_names}
+    calls = _spy_graph_searches(monkeypatch)
+    got = graph.search(queries, 10)
+    assert [(n, ef) for _, n, ef in calls[:4]] == [(30, 16)] * 4
+    again = {c: n for s, n, _ in calls[4:] for c in graph.shard_names if id(graph._shards[c].ann) == s}
+    assert again == {c: n for c, n in placed_in.items() if n}
+    assert sum(again.values()) < 4 * 30
+    # query by query, the same answers
+    for i in (0, 7, 19):
+        np.testing.assert_array_equal(graph.search(queries[i], 10).indices[0], got.indices[i])
+
+
+def test_no_probe_when_off_exact_or_no_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors, cats, queries = clustered(4000, seed=9)
+    off = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", probe_ef=0))
+    on = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", probe_ef=16))
+    calls = _spy_graph_searches(monkeypatch)
+    off.search(queries[0], 10)
+    on.search(queries[0], 10, ef_search=12)  # the call's efSearch is below the probe's
+    on.search(queries[0], 200)  # k above both efSearch values: both searches would run at 200
+    on.search(queries[0], 10, [("shirt",)])  # one shard
+    on.search(queries[0], 10, exact=True)  # no graph search at all
+    efs = [ef for _, _, ef in calls]
+    assert efs == [None] * 4 + [12] * 4 + [None] * 4 + [None]
+    calls.clear()
+    on.search(queries[0], 40)  # a k between them: probed at 40, below the full 128
+    assert [ef for _, _, ef in calls[:4]] == [16] * 4 and len(calls) > 4
+
+
+def test_the_probe_with_exact_and_graph_shards_side_by_side() -> None:
+    """``auto``: small shards are scanned exactly (no probe needed), large ones probed."""
+    vectors, cats, queries = clustered(4000, seed=10)
+    sizes = sorted({cats.count(c) for c in set(cats)})
+    opts = IndexOptions(ann="auto", ann_threshold=sizes[1], ef_search=96, probe_ef=16)
+    mixed = ShardedIndex(vectors, cats, options=opts)
+    assert 0 < len(mixed.ann_shards) < 4
+    ref = ShardedIndex(vectors, cats, ann="exact").search(queries, 10).indices
+    assert recall(mixed.search(queries, 10).indices, ref) >= 0.99
+    assert recall(np.concatenate([mixed.search(q, 10).indices for q in queries]), ref) >= 0.99
