@@ -25,7 +25,6 @@ import argparse
 import gc
 import os
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -120,8 +119,6 @@ def main() -> None:
     ap.add_argument("--catalogue-dtype", default="float32", choices=["float32", "float16"],
                     help="generate the catalogue in this dtype (float16: half the memory; the index "
                          "widens it one shard at a time)")
-    ap.add_argument("--probe-ef", type=int, default=IndexOptions().probe_ef,
-                    help="efSearch of the unrouted probe (FIR_SEARCH_PROBE_EF)")
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--k", type=int, default=10)
@@ -141,8 +138,7 @@ def main() -> None:
         vectors, cats = make_vectors(n, d, seed=n, data=args.data, dtype=np.dtype(args.catalogue_dtype).type)
         queries, qcats = make_vectors(args.queries, d, seed=n + 1, data=args.data)
         routes = [(c,) for c in qcats]
-        common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction,
-                  "probe_ef": args.probe_ef}
+        common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction}
         variants: list[tuple[str, IndexOptions]] = [] if args.no_fp32_index else [("fp32", IndexOptions(**common))]
         if spec in fp16_plan:
             variants.append(("fp16", IndexOptions(**common, storage="fp16")))
@@ -173,45 +169,38 @@ def main() -> None:
                         index_mod.SINGLE_THREAD_QUERIES = saved
                     store = "fp16" if storage.startswith("fp16") else "fp32"  # what the exact scan reads
                     exact_mb = n * d * (2 if store == "fp16" else 4) / 1e6
-                    rows.append(f"| {label} | exact {store}, {blas} | - | {p50:.2f} | {p90:.2f} | 1.000 | {u50:.2f} "
-                                f"| 1.000 | - | - | - | {exact_mb:,.0f} | {exact_mb / n * 1e6 / 1e3:.2f} | - |")
+                    rows.append(f"| {label} | exact {store}, {blas} | - | {p50:.2f} | {p90:.2f} | 1.000 | {u50:.2f} | - "
+                                f"| 1.000 | {exact_mb:,.0f} | {exact_mb / n * 1e6 / 1e3:.2f} | - |")
             graph_efs = [] if (storage == "fp32" and args.no_fp32_graph) else efs
             for ef in graph_efs:
                 p50, p90, got = time_single(index, queries, routes, k, args.queries, ef=ef)
-                u50, _, got_all = time_single(index, queries, None, k, args.queries, ef=ef)  # FIR: probe, side by side
-                fir_opts = index.options
-                index.options = replace(fir_opts, probe_ef=0)  # every shard at the full efSearch
+                u50, _, got_all = time_single(index, queries, None, k, args.queries, ef=ef)
                 saved_threads = index_mod.SHARD_THREADS
+                index_mod.SHARD_THREADS = 1  # the three graphs one after another, for comparison
                 try:
-                    n50, _, got_np = time_single(index, queries, None, k, args.queries, ef=ef)
-                    index_mod.SHARD_THREADS = 1  # and one after another, for comparison
                     s50, _, _ = time_single(index, queries, None, k, args.queries, ef=ef)
                 finally:
                     index_mod.SHARD_THREADS = saved_threads
-                    index.options = fir_opts
                 r = recall_at(got, truth_routed)
                 ru = recall_at(got_all, truth_all)
-                rn = recall_at(got_np, truth_all)
-                rows.append(f"| {label} | HNSW {storage} | {ef} | {p50:.2f} | {p90:.2f} | {r:.3f} | {u50:.2f} | {ru:.3f} "
-                            f"| {n50:.2f} | {rn:.3f} | {s50:.2f} | {mem_mb:,.0f} (RSS +{rss_grow:,.0f}) "
-                            f"| {mem_mb / n * 1e6 / 1e3:.2f} | {build:.1f} |")
+                rows.append(f"| {label} | HNSW {storage} | {ef} | {p50:.2f} | {p90:.2f} | {r:.3f} | {u50:.2f} | {s50:.2f} "
+                            f"| {ru:.3f} | {mem_mb:,.0f} (RSS +{rss_grow:,.0f}) | {mem_mb / n * 1e6 / 1e3:.2f} "
+                            f"| {build:.1f} |")
             print(f"{label} {storage}: built in {build:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True)
             index = None  # type: ignore[assignment]
         del vectors
         gc.collect()
     print()
-    print("| catalogue | search | efSearch | routed p50 ms | routed p90 ms | routed recall@10 | unrouted p50 ms (FIR) "
-          "| unrouted recall@10 (FIR) | unrouted p50 ms, no probe | unrouted recall@10, no probe "
-          "| unrouted p50 ms, no probe, one after another | index memory MB | GB per million items | build s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| catalogue | search | efSearch | routed p50 ms | routed p90 ms | routed recall@10 | unrouted p50 ms "
+          "| unrouted p50 ms, shards one after another | unrouted recall@10 | index memory MB | GB per million items "
+          "| build s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}. Exact recall is 1 by definition; the exact memory is "
           "the float32 vectors (the graph index stores the same vectors once, plus its graph). "
-          "Unrouted HNSW = the three shards' graphs searched and merged: FIR's way (every shard probed "
-          f"with efSearch {args.probe_ef}, then the shards that placed a result in the probe's top-k searched "
-          "again with the row's efSearch, side by side), without the probe (every shard with the row's "
-          "efSearch, side by side), and without the probe one after another.")
+          "Unrouted HNSW = the three shards' graphs searched (side by side, FIR's default for a single "
+          "query; and one after another) and merged.")
 
 
 if __name__ == "__main__":

@@ -100,9 +100,6 @@ class Settings(BaseSettings):
     search_hnsw_m: int = 32
     search_ef_construction: int = 80
     search_ef_search: int = 128  # doubled for shards over 250,000 vectors (shared.search.ann.LARGE_SHARD)
-    # A search over several graph shards probes them all with this efSearch first, then
-    # searches again only the shards holding results of the probe's top-k; 0: off.
-    search_probe_ef: int = Field(default=32, ge=0)
     search_ann_storage: Literal["fp32", "fp16"] = "fp32"  # fp16: half the memory, 20-25 % faster, same recall
     # PCA compaction of the graphs: built over vectors projected to this many dimensions, the
     # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.

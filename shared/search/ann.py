@@ -69,12 +69,6 @@ class IndexOptions:
     # candidates kept per query; recall grows with it, latency too. Shards of more than
     # LARGE_SHARD vectors use twice as many (see there).
     ef_search: int = 128
-    # A search over several graph shards (unrouted, or routed to several categories) first
-    # probes every shard with this efSearch, then searches again, with the full efSearch, only
-    # the shards that placed a result in the probe's merged top-k (0: every shard with the
-    # full efSearch). A catalogue's near neighbours mostly share a category, so most queries
-    # refine one shard instead of all (bench/RESULTS.md, section 6).
-    probe_ef: int = 32
     storage: Storage = "fp32"  # fp16: half the memory; scores rounded to float16 precision
     max_ann_k: int = 256  # a larger k is answered by the exact scan
     # PCA compaction: the graph is built over the vectors projected to ``pca_dim`` dimensions
@@ -97,8 +91,6 @@ class IndexOptions:
             raise InvalidInput(f"unknown ann storage {self.storage!r} (expected one of {', '.join(STORAGES)})")
         if self.ann_threshold < 1 or self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
             raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive")
-        if self.probe_ef < 0:
-            raise InvalidInput("probe_ef must be 0 (off) or positive")
         if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1:
             raise InvalidInput("pca_dim and rerank must be positive")
 
@@ -108,8 +100,7 @@ class IndexOptions:
         (the embedder's torch device) resolves ``search_device=auto``."""
         return cls(ann=settings.search_ann, ann_threshold=settings.search_ann_threshold,
                    hnsw_m=settings.search_hnsw_m, ef_construction=settings.search_ef_construction,
-                   ef_search=settings.search_ef_search, probe_ef=settings.search_probe_ef,
-                   storage=settings.search_ann_storage,
+                   ef_search=settings.search_ef_search, storage=settings.search_ann_storage,
                    pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank,
                    device=resolve_search_device(settings.search_device, model_device))
 
@@ -216,18 +207,13 @@ class HnswShard:
             total += self.full.nbytes + self.pca.d_in * self.pca.d_out * 4
         return total
 
-    def effective_ef(self, k: int, ef_search: int | None = None) -> int:
-        """The efSearch a search for ``k`` neighbours runs with (``ef_search``: the call's own)."""
-        wanted = k if self.pca is None else min(max(k, self.rerank), self.size)
-        return max(int(ef_search or self.ef_search), wanted)
-
     def search(self, q: FloatArray, k: int, ef_search: int | None = None) -> tuple[IntArray, FloatArray]:
         """Local row indices and costs (smaller is better: ``-similarity`` for cosine, squared
         distance for euclidean), ``[m, k]`` sorted; missing neighbours are ``-1`` / ``inf``."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         params = self._faiss.SearchParametersHNSW()
-        params.efSearch = self.effective_ef(k, ef_search)
         if self.pca is None:
+            params.efSearch = max(int(ef_search or self.ef_search), k)
             dist, idx = self.index.search(q, k, params=params)
             cost = -dist if self.metric == "cosine" else np.maximum(dist, 0.0)
             cost = cost.astype(np.float32, copy=False)
@@ -235,6 +221,7 @@ class HnswShard:
             return idx.astype(np.int64, copy=False), cost
         assert self.full is not None
         kk = min(max(k, self.rerank), self.size)
+        params.efSearch = max(int(ef_search or self.ef_search), kk)
         _, cand = self.index.search(self.pca.apply(q), kk, params=params)
         cand = cand.astype(np.int64, copy=False)
         vecs = self.full[np.maximum(cand, 0)].astype(np.float32, copy=False)  # [m, kk, d]

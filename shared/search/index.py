@@ -20,9 +20,7 @@ matrix product and ``torch.topk`` over the shard's slice there: no graphs to bui
 A single query that searches several graph shards (unrouted, or routed to several categories)
 searches them side by side on a small thread pool: a graph search is serial C++ that releases
 the GIL, so on two cores three shards take about two shards' time instead of three
-(``SHARD_THREADS``). It probes them first (``IndexOptions.probe_ef``, a short graph search
-of every shard) and searches with the full efSearch only the shards that placed a result in
-the probe's top-k: near neighbours mostly share a category, so usually one shard.
+(``SHARD_THREADS``).
 
 A few queries at a time run their matrix products on one BLAS thread
 (:func:`shared.threads.single_thread_blas`): a matrix-vector product is memory-bound, and a
@@ -355,36 +353,12 @@ class ShardedIndex:
                        ef_search: int | None) -> list[tuple[IntArray, FloatArray]]:
         """Each shard's top-k: graph shards of a single query side by side (module docstring),
         anything else one after another."""
-        side_by_side = (q.shape[0] == 1 and not exact and k <= self.options.max_ann_k
-                        and all(s.ann is not None for s in shards))
-        return _run([lambda s=s: self._shard_topk(q, s, k, exact, ef_search) for s in shards], side_by_side)
-
-    def _probe_shards(self, q: FloatArray, shards: list[_Shard], k: int,
-                      ef_search: int | None) -> list[tuple[IntArray, FloatArray]] | None:
-        """Each shard's top-k the cheaper way when several graph shards are searched: every
-        shard probed with ``options.probe_ef``, then the graph shards that placed a result in a
-        query's merged top-k searched again, for that query, with the full efSearch. The rest
-        keep their probe's answer, whose results all rank below the query's k-th. ``None``
-        where a probe would not be cheaper (off, one shard, no graph, or an efSearch that is
-        not above the probe's)."""
-        probe = self.options.probe_ef
-        graphs = [(j, s.ann) for j, s in enumerate(shards) if s.ann is not None]
-        if (probe == 0 or len(shards) < 2 or k > self.options.max_ann_k
-                or all(g.effective_ef(k, probe) >= g.effective_ef(k, ef_search) for _, g in graphs)):
-            return None
-        parts = self._search_shards(q, shards, k, False, probe)
-        cost = np.concatenate([p[1] for p in parts], axis=1)
-        owner = np.concatenate([np.full(p[1].shape[1], j) for j, p in enumerate(parts)])
-        top = np.argsort(cost, axis=1, kind="stable")[:, :k]
-        placed = owner[top]  # [m, k]: the shard of each of the probe's top-k
-        refine = [(j, np.flatnonzero((placed == j).any(axis=1))) for j, _ in graphs]
-        refine = [(j, members) for j, members in refine if len(members)]
-        again = _run([lambda j=j, qi=qi: self._shard_topk(q[qi], shards[j], k, False, ef_search)
-                      for j, qi in refine], q.shape[0] == 1)
-        for (j, qi), (rows, c) in zip(refine, again, strict=True):
-            parts[j][0][qi] = rows
-            parts[j][1][qi] = c
-        return parts
+        side_by_side = (SHARD_THREADS > 1 and len(shards) > 1 and q.shape[0] == 1 and not exact
+                        and k <= self.options.max_ann_k and all(s.ann is not None for s in shards))
+        if not side_by_side:
+            return [self._shard_topk(q, s, k, exact, ef_search) for s in shards]
+        later = [_shard_pool().submit(self._shard_topk, q, s, k, exact, ef_search) for s in shards[1:]]
+        return [self._shard_topk(q, shards[0], k, exact, ef_search)] + [f.result() for f in later]
 
     def search(
         self,
@@ -425,9 +399,7 @@ class ShardedIndex:
                         f"unknown category {unknown[0]!r} (catalogue has: {', '.join(self._shards)})"
                     )
                 shards = [self._shards[c] for c in key]
-            parts = None if exact else self._probe_shards(q[qi], shards, k, ef_search)
-            if parts is None:
-                parts = self._search_shards(q[qi], shards, k, exact, ef_search)
+            parts = self._search_shards(q[qi], shards, k, exact, ef_search)
             rows = np.concatenate([p[0] for p in parts], axis=1)
             cost = np.concatenate([p[1] for p in parts], axis=1)
             if len(parts) > 1:
@@ -440,15 +412,6 @@ class ShardedIndex:
             indices[qi, :width] = rows
             scores[qi, :width] = final
         return SearchResult(indices=indices, scores=scores)
-
-
-def _run(calls: list[Any], side_by_side: bool) -> list[Any]:
-    """The calls' results in order; ``side_by_side``: on the shard pool, the first call on
-    this thread (one after another when ``SHARD_THREADS`` is 1)."""
-    if not side_by_side or SHARD_THREADS <= 1 or len(calls) < 2:
-        return [c() for c in calls]
-    later = [_shard_pool().submit(c) for c in calls[1:]]
-    return [calls[0](), *(f.result() for f in later)]
 
 
 def _upload(vectors: npt.NDArray[Any], order: IntArray, metric: Metric, opts: IndexOptions) -> DeviceVectors | None:
