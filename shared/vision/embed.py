@@ -126,12 +126,12 @@ class _Collate:
         self.shape, self.dtype = shape, dtype
 
     def __call__(self, items: list[_Item]) -> _Batch:
-        crops = [it for it in items if it.crop is not None]
-        jpegs = [it for it in items if it.jpeg is not None]
-        stacked = (torch.stack([it.crop for it in crops if it.crop is not None]) if crops
+        crops = [(it.index, it.crop) for it in items if it.crop is not None]
+        jpegs = [(it.index, it.jpeg) for it in items if it.jpeg is not None]
+        stacked = (torch.stack([c for _, c in crops]) if crops
                    else torch.zeros((0, *self.shape), dtype=self.dtype))
-        return _Batch(stacked, [it.index for it in crops], [it.jpeg for it in jpegs if it.jpeg is not None],
-                      [it.index for it in jpegs], {it.index: it.error for it in items if it.error})
+        return _Batch(stacked, [i for i, _ in crops], [j for _, j in jpegs], [i for i, _ in jpegs],
+                      {it.index: it.error for it in items if it.error})
 
 
 class _PathDataset(Dataset[_Item]):
