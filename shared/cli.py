@@ -216,21 +216,24 @@ def query_cmd(c: Ctx, image: Path, k: int | None, metric: str | None, routing: s
               router: Path | None, as_json: bool) -> None:
     """Find the catalogue images most similar to IMAGE."""
     from shared.engine import RetrievalEngine
-    from shared.imaging import load_image
+    from shared.imaging import validate_image
     from shared.search.ann import IndexOptions
     from shared.vision.embed import pick_device
 
     s = c.settings
     routing = routing or ("label" if category else s.routing)
-    img = load_image(image, max_pixels=s.max_image_pixels)
+    validate_image(image, max_pixels=s.max_image_pixels)  # a bad file fails before the model loads
     model_path = c.store.require("model", model, "train one with `fir train`")
     features_path = c.store.require("features", features, "run `fir extract` first")
     router_path: Path | None = None
     if routing in ("svm", "svm-fallback"):
         router_path = c.store.require("router", router, "run `fir train-router` first")
     engine = RetrievalEngine.from_files(model_path, features_path, router_path, s.device, s.precision,
-                                        IndexOptions.from_settings(s, pick_device(s.device)))
-    answer = engine.query_images([img], k=k or s.top_k, metric=metric or s.metric, routing=routing,
+                                        IndexOptions.from_settings(s, pick_device(s.device)),
+                                        max_pixels=s.max_image_pixels)
+    # decoded as `fir extract` decodes the catalogue (and the worker a query): a catalogue photo
+    # finds its own vector
+    answer = engine.query_paths([image], k=k or s.top_k, metric=metric or s.metric, routing=routing,
                                  categories=[category] if category else None,
                                  threshold=threshold if threshold is not None else s.fallback_threshold)[0]
     if as_json:

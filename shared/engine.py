@@ -17,6 +17,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.errors import InvalidInput
+from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.search.ann import IndexOptions, resolve_search_device
 from shared.search.index import METRICS, Metric, ShardedIndex
 from shared.search.routing import check_mode, plan_routes
@@ -58,7 +59,7 @@ def check_query_params(k: int, metric: str, routing: str) -> None:
 class RetrievalEngine:
     def __init__(self, model: LoadedModel, catalogue: FeatureSet, router: Router | None,
                  device: str = "auto", precision: str = "auto", embedder: Embedder | None = None,
-                 index_options: IndexOptions | None = None) -> None:
+                 index_options: IndexOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         catalogue.check_model(model.model_id)
         if router is not None:
             router.check_model(model.model_id)
@@ -66,7 +67,7 @@ class RetrievalEngine:
         self.catalogue = catalogue
         self.router = router
         self.embedder = embedder or Embedder(model.net, model.meta.backbone, model.meta.image_size,
-                                             device=device, precision=precision)
+                                             device=device, precision=precision, max_pixels=max_pixels)
         # default: the index on the model's GPU when it runs on one (search_device=auto)
         self.index_options = index_options or IndexOptions(
             device=resolve_search_device("auto", self.embedder.device))
@@ -77,11 +78,13 @@ class RetrievalEngine:
     @classmethod
     def from_files(cls, model: Path, features: Path, router: Path | None,
                    device: str = "auto", precision: str = "auto",
-                   index_options: IndexOptions | None = None) -> RetrievalEngine:
+                   index_options: IndexOptions | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> RetrievalEngine:
         loaded = load_model(model)
         feats = FeatureSet.load(features)
         rtr = Router.load(router, expect_model_id=loaded.model_id) if router is not None else None
-        return cls(loaded, feats, rtr, device=device, precision=precision, index_options=index_options)
+        return cls(loaded, feats, rtr, device=device, precision=precision, index_options=index_options,
+                   max_pixels=max_pixels)
 
     @property
     def model_id(self) -> str:
@@ -146,9 +149,21 @@ class RetrievalEngine:
         return answers
 
     def query_images(self, images: Sequence[Image.Image], **kwargs: object) -> list[Answer]:
+        """Answers for decoded images (resized and cropped here)."""
         t0 = time.perf_counter()
         vectors = self.embedder.embed_images(list(images))
-        embed_ms = (time.perf_counter() - t0) * 1000 / max(len(images), 1)
+        return self._answer(vectors, (time.perf_counter() - t0) * 1000 / max(len(images), 1), **kwargs)
+
+    def query_paths(self, paths: Sequence[Path], **kwargs: object) -> list[Answer]:
+        """Answers for image files, decoded as indexing decodes them (:meth:`Embedder.prepare`,
+        what the worker does): a catalogue photo sent as a query gets the vector it was indexed
+        with. Raises :class:`~shared.errors.BadImage` for a file that is not a readable image."""
+        t0 = time.perf_counter()
+        crops = [self.embedder.prepare(Path(p)) for p in paths]
+        vectors = self.embedder.embed_crops(crops, batch_size=max(1, min(len(crops), 32)))
+        return self._answer(vectors, (time.perf_counter() - t0) * 1000 / max(len(crops), 1), **kwargs)
+
+    def _answer(self, vectors: npt.NDArray[np.float32], embed_ms: float, **kwargs: object) -> list[Answer]:
         answers = self.query_vectors(vectors, **kwargs)  # type: ignore[arg-type]
         for a in answers:
             a.timings_ms["embed"] = embed_ms

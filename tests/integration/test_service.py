@@ -185,7 +185,6 @@ def _query(base: str, image: bytes, **fields: Any) -> requests.Response:
 
 
 def test_query_over_http_equals_the_engine(service: Service, trained: Any) -> None:
-    from shared.imaging import load_image
     from worker.holder import ModelHolder
 
     image_path = next((trained.catalogue / "test" / "toptee").glob("*.jpg"))
@@ -194,7 +193,7 @@ def test_query_over_http_equals_the_engine(service: Service, trained: Any) -> No
     job = poll_job(service.base, resp.json()["job_id"], logs=service.logs)
     assert job["status"] == "succeeded", job
     snap = ModelHolder(service.settings).snapshot(service.catalogue_id)
-    direct = snap.engine.query_images([load_image(image_path)], k=5, routing="svm")[0]
+    direct = snap.engine.query_paths([image_path], k=5, routing="svm")[0]
     assert [r["item_id"] for r in job["results"]] == [int(snap.item_ids[m.index]) for m in direct.matches]
     np.testing.assert_allclose([r["score"] for r in job["results"]], [m.score for m in direct.matches], atol=1e-4)
     assert job["routing"]["categories"] == direct.route

@@ -97,6 +97,32 @@ def test_cli_query(trained) -> None:  # type: ignore[no-untyped-def]
     assert res.exit_code == 0 and "searched: toptee" in res.output
 
 
+def test_cli_query_decodes_as_indexing_does(trained, engine: RetrievalEngine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`fir query` gets a file's vector the way `fir extract` (and the worker) compute it: a
+    large JPEG is drafted while decoding there, and a full decode would give another vector."""
+    from PIL import Image
+
+    from shared.data.synthetic import draw_garment
+    from shared.imaging import load_image
+
+    rng = np.random.default_rng(0)
+    small = np.asarray(draw_garment("dress", 64, seed=4321).resize((640, 800)), np.float32)
+    noisy = np.clip(small + rng.normal(0, 25, small.shape), 0, 255).astype(np.uint8)
+    photo = tmp_path / "big.jpg"
+    Image.fromarray(noisy).save(photo, quality=90)
+    indexed = engine.embedder.embed_paths([photo], workers=0, progress=False).vectors
+    full = engine.embedder.embed_images([load_image(photo)])
+    assert not np.allclose(indexed, full, atol=1e-3)  # the two decodings really differ here
+    expected = engine.query_vectors(indexed, k=5, routing="none")[0]
+    res = run(trained.home, "query", str(photo), "-k", "5", "--routing", "none", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)["results"]
+    assert [r["key"] for r in out] == [m.key for m in expected.matches]
+    np.testing.assert_allclose([r["score"] for r in out], [m.score for m in expected.matches], atol=1e-5)
+    direct = engine.query_paths([photo], k=5, routing="none")[0]
+    np.testing.assert_allclose([m.score for m in direct.matches], [m.score for m in expected.matches], atol=1e-5)
+
+
 def test_cli_errors(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image = next((trained.catalogue / "test" / "dress").glob("*.jpg"))
     res = run(trained.home, "train", "--dataset", str(tmp_path / "nowhere"))
