@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 import shared.search.index as index_mod
 from bench._common import machine_header
-from shared.search.ann import IndexOptions
+from shared.search.ann import LARGE_SHARD, IndexOptions
 from shared.search.index import ShardedIndex
 
 CATS = ("dress", "shirt", "toptee")
@@ -121,12 +121,16 @@ def main() -> None:
                          "widens it one shard at a time)")
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--large-m", type=int, default=48, help="M of shards over LARGE_SHARD vectors")
+    ap.add_argument("--large-ef-construction", type=int, default=100,
+                    help="efConstruction of shards over LARGE_SHARD vectors")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--data", default="hard", choices=["hard", "tight"], help="synthetic data (make_vectors)")
     args = ap.parse_args()
     print(machine_header("Query matching: exact scans and HNSW graphs per category shard"))
     print(f"- load average at start: {os.getloadavg()[0]:.2f}")
-    print(f"- HNSW M={args.m}, efConstruction={args.ef_construction}; k={args.k}; 3 category shards; "
+    print(f"- HNSW M={args.m}, efConstruction={args.ef_construction} (shards over {LARGE_SHARD:,}: "
+          f"M={args.large_m}, efConstruction={args.large_ef_construction}); k={args.k}; 3 category shards; "
           f"{args.queries} single queries (exact: {args.exact_queries}); data: {args.data}\n", flush=True)
     efs = [int(e) for e in args.ef.split(",")]
     fp16_plan = set(args.fp16.split(",")) if args.fp16 else set()
@@ -138,7 +142,8 @@ def main() -> None:
         vectors, cats = make_vectors(n, d, seed=n, data=args.data, dtype=np.dtype(args.catalogue_dtype).type)
         queries, qcats = make_vectors(args.queries, d, seed=n + 1, data=args.data)
         routes = [(c,) for c in qcats]
-        common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction}
+        common = {"ann": "hnsw", "hnsw_m": args.m, "ef_construction": args.ef_construction,
+                  "large_hnsw_m": args.large_m, "large_ef_construction": args.large_ef_construction}
         variants: list[tuple[str, IndexOptions]] = [] if args.no_fp32_index else [("fp32", IndexOptions(**common))]
         if spec in fp16_plan:
             variants.append(("fp16", IndexOptions(**common, storage="fp16")))

@@ -99,7 +99,10 @@ class Settings(BaseSettings):
     search_ann_threshold: int = 20_000
     search_hnsw_m: int = 32
     search_ef_construction: int = 80
-    search_ef_search: int = 128  # doubled for shards over 250,000 vectors (shared.search.ann.LARGE_SHARD)
+    # the graphs of shards over 250,000 vectors are built denser (shared.search.ann.LARGE_SHARD)
+    search_large_hnsw_m: int = 48
+    search_large_ef_construction: int = 100
+    search_ef_search: int = 128
     search_ann_storage: Literal["fp32", "fp16"] = "fp32"  # fp16: half the memory, 20-25 % faster, same recall
     # PCA compaction of the graphs: built over vectors projected to this many dimensions, the
     # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.

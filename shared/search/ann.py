@@ -41,9 +41,12 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 # At a fixed efSearch a graph's recall falls as the shard grows. Measured (bench/RESULTS.md,
-# section 6; tight synthetic 2048-d data): efSearch 128 kept recall@10 1.000 up to 100,000
-# vectors per shard but gave 0.978 at 333,000, where 192-256 gave 0.994 (1.7-2.2 ms). Shards
-# larger than this search with twice the configured efSearch unless a call names its own.
+# section 6; tight synthetic 2048-d data, fp16 storage): with M 32 and efConstruction 80,
+# efSearch 128 kept recall@10 1.000 up to 100,000 vectors per shard, but a 333,000-vector shard
+# gave 0.93 at efSearch 128 and 0.97 at 256 (2.4 ms). Built denser (M 48, efConstruction 100:
+# 1.5x the build time, 3 % more memory) the same shard gave 1.000 at efSearch 128 (1.7 ms) and
+# 0.998 at 96. So shards larger than this are built with ``large_hnsw_m`` and
+# ``large_ef_construction`` and searched with the same efSearch as the others.
 LARGE_SHARD = 250_000
 
 _faiss: Any = None
@@ -66,8 +69,10 @@ class IndexOptions:
     ann_threshold: int = 20_000
     hnsw_m: int = 32  # graph degree (memory: about 2 * m * 4 bytes per vector at level 0)
     ef_construction: int = 80
-    # candidates kept per query; recall grows with it, latency too. Shards of more than
-    # LARGE_SHARD vectors use twice as many (see there).
+    # the graphs of shards of more than LARGE_SHARD vectors (see there)
+    large_hnsw_m: int = 48
+    large_ef_construction: int = 100
+    # candidates kept per query; recall grows with it, latency too
     ef_search: int = 128
     storage: Storage = "fp32"  # fp16: half the memory; scores rounded to float16 precision
     max_ann_k: int = 256  # a larger k is answered by the exact scan
@@ -89,8 +94,10 @@ class IndexOptions:
             raise InvalidInput(f"unknown ann mode {self.ann!r} (expected one of {', '.join(ANN_MODES)})")
         if self.storage not in STORAGES:
             raise InvalidInput(f"unknown ann storage {self.storage!r} (expected one of {', '.join(STORAGES)})")
-        if self.ann_threshold < 1 or self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive")
+        if (self.ann_threshold < 1 or min(self.hnsw_m, self.large_hnsw_m) < 2
+                or min(self.ef_construction, self.large_ef_construction, self.ef_search) < 1):
+            raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive "
+                               "(hnsw_m at least 2)")
         if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1:
             raise InvalidInput("pca_dim and rerank must be positive")
 
@@ -100,9 +107,17 @@ class IndexOptions:
         (the embedder's torch device) resolves ``search_device=auto``."""
         return cls(ann=settings.search_ann, ann_threshold=settings.search_ann_threshold,
                    hnsw_m=settings.search_hnsw_m, ef_construction=settings.search_ef_construction,
+                   large_hnsw_m=settings.search_large_hnsw_m,
+                   large_ef_construction=settings.search_large_ef_construction,
                    ef_search=settings.search_ef_search, storage=settings.search_ann_storage,
                    pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank,
                    device=resolve_search_device(settings.search_device, model_device))
+
+    def graph_params(self, shard_size: int) -> tuple[int, int]:
+        """(M, efConstruction) of the graph over a shard of ``shard_size`` vectors."""
+        if shard_size > LARGE_SHARD:
+            return self.large_hnsw_m, self.large_ef_construction
+        return self.hnsw_m, self.ef_construction
 
     def wants_ann(self, shard_size: int) -> bool:
         if self.ann == "exact":
@@ -157,7 +172,8 @@ class HnswShard:
         self.size = int(n)
         self.dim = int(d)
         self.storage: Storage = options.storage
-        self.ef_search = options.ef_search * (2 if n > LARGE_SHARD else 1)
+        self.ef_search = options.ef_search
+        self.hnsw_m, self.ef_construction = options.graph_params(int(n))
         self.rerank = options.rerank
         self._faiss = faiss
         self.pca: Any = None
@@ -178,11 +194,11 @@ class HnswShard:
             fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
         gd = graph_vectors.shape[1]
         if options.storage == "fp16":
-            index = faiss.IndexHNSWSQ(gd, faiss.ScalarQuantizer.QT_fp16, options.hnsw_m, fmetric)
+            index = faiss.IndexHNSWSQ(gd, faiss.ScalarQuantizer.QT_fp16, self.hnsw_m, fmetric)
             index.train(graph_vectors[: min(n, 1000)])  # fp16 codes need no statistics; faiss wants the call
         else:
-            index = faiss.IndexHNSWFlat(gd, options.hnsw_m, fmetric)
-        index.hnsw.efConstruction = options.ef_construction
+            index = faiss.IndexHNSWFlat(gd, self.hnsw_m, fmetric)
+        index.hnsw.efConstruction = self.ef_construction
         index.add(graph_vectors)
         self.index = index
 

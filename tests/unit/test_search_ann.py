@@ -205,17 +205,24 @@ def test_pca_graph_under_fp16_storage_keeps_half_precision_vectors() -> None:
     assert full.nbytes() - half.nbytes() >= 0.45 * vectors.nbytes
 
 
-def test_large_shards_search_with_twice_the_ef(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_shards_get_denser_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     vectors, cats, queries = clustered(3000)
     sizes = {c: cats.count(c) for c in set(cats)}
     cut = sorted(sizes.values())[1]  # at least one shard on each side of it
     monkeypatch.setattr(ann_mod, "LARGE_SHARD", cut)
-    index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", ef_search=40))
-    efs = {c: index._shards[c].ann.ef_search for c in sizes}  # type: ignore[union-attr]
-    assert efs == {c: 80 if n > cut else 40 for c, n in sizes.items()}
-    assert set(efs.values()) == {40, 80}
+    opts = IndexOptions(ann="hnsw", hnsw_m=8, ef_construction=40, large_hnsw_m=12, large_ef_construction=60,
+                        ef_search=40)
+    index = ShardedIndex(vectors, cats, options=opts)
+    graphs = {c: index._shards[c].ann for c in sizes}
+    built = {c: (g.index.hnsw.efConstruction, g.ef_search) for c, g in graphs.items()}  # type: ignore[union-attr]
+    assert built == {c: ((60, 40) if n > cut else (40, 40)) for c, n in sizes.items()}
+    # the degree faiss was given: level-0 lists of 2 * M neighbours
+    degree = {c: g.index.hnsw.nb_neighbors(0) for c, g in graphs.items()}  # type: ignore[union-attr]
+    assert degree == {c: (24 if n > cut else 16) for c, n in sizes.items()}
     exact = ShardedIndex(vectors, cats, ann="exact").search(queries, 10)
     assert recall(index.search(queries, 10).indices, exact.indices) >= 0.95
+    with pytest.raises(InvalidInput):
+        IndexOptions(large_hnsw_m=1)
 
 
 def test_a_single_query_searches_its_graph_shards_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
