@@ -5,8 +5,8 @@
 
 The catalogue is ``bench.bench_search``'s tight synthetic data for ``--n`` items (float16, as
 FIR's ``fp16`` storage keeps it); one category's shard of it (about n / 3 vectors, what
-``ShardedIndex`` gives each category) gets an fp16 HNSW graph for each ``M:efConstruction``
-pair. Queries are the benchmark's queries of that category, searched one at a time on one
+``ShardedIndex`` gives each category) gets FIR's fp16 HNSW graph (``HnswShard``) for each
+``M:efConstruction`` pair. Queries are the benchmark's queries of that category, searched one at a time on one
 thread (as FIR searches each shard of a single query), three rounds; recall@10 is against the
 exact answer over the same float16-rounded vectors.
 """
@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from bench._common import machine_header
-from bench.bench_search import make_vectors
+from bench.bench_search import make_vectors, recall_at
+from shared.search.ann import HnswShard, IndexOptions, load_faiss
 
 
 def main() -> None:
@@ -33,7 +34,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="drawn; those of --category are used")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    import faiss
+    faiss = load_faiss()
+    if faiss is None:
+        raise SystemExit("faiss is not installed (pip install 'fir[ann]')")
 
     print(machine_header("HNSW graph settings for one large category shard (fp16 storage)"))
     vectors, cats = make_vectors(args.n, args.d, seed=args.n, data="tight", dtype=np.float16)
@@ -55,31 +58,30 @@ def main() -> None:
     for spec in args.configs.split(","):
         m, efc = (int(v) for v in spec.split(":"))
         faiss.omp_set_num_threads(2)  # the build uses both cores, as FIR's does
-        index = faiss.IndexHNSWSQ(args.d, faiss.ScalarQuantizer.QT_fp16, m, faiss.METRIC_INNER_PRODUCT)
-        index.train(shard[:1000])
-        index.hnsw.efConstruction = efc
+        # this M and efConstruction whatever the shard's size (FIR picks by LARGE_SHARD)
+        opts = IndexOptions(ann="hnsw", storage="fp16", hnsw_m=m, ef_construction=efc, large_hnsw_m=m,
+                            large_ef_construction=efc)
         t0 = time.perf_counter()
-        index.add(shard)
+        graph = HnswShard(shard, "cosine", opts, faiss)
         build = time.perf_counter() - t0
-        graph_mb = (index.hnsw.neighbors.size() * 4 + index.hnsw.offsets.size() * 8) / 1e6
+        hnsw = graph.index.hnsw
+        graph_mb = (hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8) / 1e6
         faiss.omp_set_num_threads(1)
         for ef in efs:
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = ef
-            index.search(q[:1], 10, params=params)  # warm-up
+            graph.search(q[:1], 10, ef)  # warm-up
             times, got = [], []
             for r in range(args.rounds):
                 for i in range(len(q)):
                     t = time.perf_counter()
-                    _, ids = index.search(q[i : i + 1], 10, params=params)
+                    ids, _ = graph.search(q[i : i + 1], 10, ef)
                     times.append(time.perf_counter() - t)
                     if r == 0:
                         got.append(ids[0])
-            rec = float(np.mean([len(set(g.tolist()) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)]))
+            rec = recall_at(np.stack(got), truth)
             rows.append(f"| {m} | {efc} | {build:.0f} | {graph_mb:.0f} | {ef} | {np.median(times) * 1000:.2f} "
                         f"| {np.percentile(times, 90) * 1000:.2f} | {rec:.3f} |")
             print(rows[-1], flush=True)
-        del index
+        del graph
         gc.collect()
     print("\n| M | efConstruction | build s | graph links MB | efSearch | p50 ms | p90 ms | recall@10 |")
     print("|---|---|---|---|---|---|---|---|")

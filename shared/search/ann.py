@@ -43,9 +43,9 @@ IntArray = npt.NDArray[np.int64]
 # At a fixed efSearch a graph's recall falls as the shard grows. Measured (bench/RESULTS.md,
 # section 6; tight synthetic 2048-d data, fp16 storage): with M 32 and efConstruction 80,
 # efSearch 128 kept recall@10 1.000 up to 100,000 vectors per shard, but a 333,000-vector shard
-# gave 0.93 at efSearch 128 and 0.97 at 256 (2.4 ms). Built denser (M 48, efConstruction 100:
-# 1.5x the build time, 3 % more memory) the same shard gave 1.000 at efSearch 128 (1.7 ms) and
-# 0.998 at 96. So shards larger than this are built with ``large_hnsw_m`` and
+# gave 0.93-0.97 at efSearch 128 and 0.97-0.995 at 256 (2.4-2.5 ms) in two builds. Built denser
+# (M 48, efConstruction 100: 1.4-1.5x the build time, 3 % more memory) the same shard gave
+# 1.000 at efSearch 128 (1.7 ms) and 0.993-0.998 at 96. So shards larger than this are built with ``large_hnsw_m`` and
 # ``large_ef_construction`` and searched with the same efSearch as the others.
 LARGE_SHARD = 250_000
 
@@ -173,7 +173,6 @@ class HnswShard:
         self.dim = int(d)
         self.storage: Storage = options.storage
         self.ef_search = options.ef_search
-        self.hnsw_m, self.ef_construction = options.graph_params(int(n))
         self.rerank = options.rerank
         self._faiss = faiss
         self.pca: Any = None
@@ -193,12 +192,13 @@ class HnswShard:
             graph_vectors = x
             fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
         gd = graph_vectors.shape[1]
+        m, ef_construction = options.graph_params(int(n))
         if options.storage == "fp16":
-            index = faiss.IndexHNSWSQ(gd, faiss.ScalarQuantizer.QT_fp16, self.hnsw_m, fmetric)
+            index = faiss.IndexHNSWSQ(gd, faiss.ScalarQuantizer.QT_fp16, m, fmetric)
             index.train(graph_vectors[: min(n, 1000)])  # fp16 codes need no statistics; faiss wants the call
         else:
-            index = faiss.IndexHNSWFlat(gd, self.hnsw_m, fmetric)
-        index.hnsw.efConstruction = self.ef_construction
+            index = faiss.IndexHNSWFlat(gd, m, fmetric)
+        index.hnsw.efConstruction = ef_construction
         index.add(graph_vectors)
         self.index = index
 
