@@ -13,11 +13,16 @@ OpenBLAS) to one thread for the duration of a ``with`` block, through one
 loaded libraries, about a millisecond; switching limits on a built one costs microseconds).
 It is not a per-thread setting: threads of the same process that run BLAS at the same time
 share the limit, which only ever makes them single-threaded for a moment.
+
+:func:`calm_openmp` shortens how long OpenMP's idle threads spin after a parallel region, in
+processes that answer queries one at a time (the workers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -59,3 +64,21 @@ def single_thread_blas() -> Iterator[None]:
         return
     with ctl.limit(limits=1):
         yield
+
+
+# GNU OpenMP (torch's and faiss's libgomp) keeps an idle thread spinning for GOMP_SPINCOUNT
+# iterations after each parallel region before it sleeps; the default, 300,000, measured 8-9 ms
+# of a core after every single-image ResNet50 forward on the 2-core development machine,
+# while the worker writes the answer and the API sends it. 20,000 keeps the forward's own
+# speed (the pauses between its layers are shorter) and left 0.1 ms (bench/RESULTS.md, 7).
+OPENMP_SPINCOUNT = "20000"
+
+
+def calm_openmp() -> bool:
+    """Set ``GOMP_SPINCOUNT`` for this process and its children unless the user set it or
+    ``OMP_WAIT_POLICY``. It must run before torch or faiss is imported (libgomp reads it once,
+    when it loads): returns whether it was set in time."""
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
+    return not any(m in sys.modules for m in ("torch", "faiss"))
