@@ -103,10 +103,20 @@ class ModelHolder:
             active_id = self._active_id(session)
         return self._loaded(active_id)
 
-    def snapshot(self, catalogue_id: int) -> Snapshot:
-        with session_scope(self.settings) as session:  # one read for the version and the generation
-            active_id = self._active_id(session)
-            generation = services.get_index_generation(session, catalogue_id, active_id)
+    def state(self, session: Session, catalogue_id: int) -> tuple[int, int]:
+        """(the active model version's id, the catalogue's index generation under it), read in
+        the caller's transaction: what :meth:`snapshot` must be current with."""
+        active_id = self._active_id(session)
+        return active_id, services.get_index_generation(session, catalogue_id, active_id)
+
+    def snapshot(self, catalogue_id: int, state: tuple[int, int] | None = None) -> Snapshot:
+        """The catalogue's engine under the active model, current with ``state`` (:meth:`state`,
+        read here when not given: a query's worker reads it in the transaction that claims
+        the job)."""
+        if state is None:
+            with session_scope(self.settings) as session:  # one read for the version and the generation
+                state = self.state(session, catalogue_id)
+        active_id, generation = state
         version = self._loaded(active_id)
         cached = self._cached(catalogue_id, version, generation)
         if cached is not None:

@@ -6,6 +6,7 @@ elsewhere, finished or cancelled) is skipped; results are upserted by job id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -121,6 +122,9 @@ def _take(session: Session, job_id: int, task_id: str | None = None, redelivered
     job's own message redelivered after its worker was lost (acks_late + reject on worker
     loss), or when the job has not been touched for ``stale_after_s``: skipping it would lose
     an accepted job."""
+    taken = services.take_queued(session, job_id)  # the common case, in one statement
+    if taken is not None:
+        return taken
     job = services.get_job(session, job_id)
     if job.status == "running":
         own = task_id is not None and job.task_id == task_id
@@ -168,9 +172,15 @@ def _fail(job_id: int, exc: BaseException) -> None:
 
 
 # -- queries -------------------------------------------------------------------------------
-def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: int) -> list[JobInfo]:
+Claimed = tuple[list[JobInfo], dict[int, tuple[int, int]]]
+
+
+def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: int) -> Claimed:
     """This delivery's job (when it can be taken) and up to ``limit - 1`` other query jobs
-    waiting in the queue, oldest first (micro-batching), claimed in one transaction.
+    waiting in the queue, oldest first (micro-batching), claimed in one transaction; with them,
+    read in the same transaction, the state each of their catalogues must be answered under
+    (:meth:`worker.holder.ModelHolder.state`; a catalogue whose state cannot be read is left
+    out, and :meth:`~worker.holder.ModelHolder.snapshot` reports the error per job).
 
     Jobs are taken in ascending id order, so that two workers claiming overlapping batches
     lock rows in the same order (PostgreSQL): one waits for the other, and never deadlocks."""
@@ -178,27 +188,32 @@ def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: i
     with session_scope(settings(), immediate=True) as session:
         others: list[int] = []
         if limit > 1:
-            waiting = services.list_jobs(session, status="queued", job_type="query", limit=limit * 4)
-            others = sorted(j.id for j in waiting if j.id != job_id)[: limit - 1]
+            waiting = services.queued_job_ids(session, "query", limit)
+            others = [j for j in waiting if j != job_id][: limit - 1]
         for j in sorted([job_id, *others]):
             try:
                 if j == job_id:
                     taken = _take(session, j, task_id, redelivered, stale_after_s=QUERY_STALE_S)
                 else:
-                    taken = services.transition_job(session, j, "running")
+                    taken = services.take_queued(session, j)  # None: another worker took it first
             except (InvalidTransition, NotFound) as exc:  # another worker took it first
                 log.info("job %d not claimed: %s", j, exc)
                 continue
             if taken is not None:
                 claimed.append(taken)
-    return claimed
+        states: dict[int, tuple[int, int]] = {}
+        holder = get_holder(settings())
+        for catalogue_id in {int((j.params or {})["catalogue_id"]) for j in claimed}:
+            with contextlib.suppress(FirError):
+                states[catalogue_id] = holder.state(session, catalogue_id)
+    return claimed, states
 
 
 @app.task(name=TASK_QUERY, bind=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def run_query(self: Any, job_id: int) -> dict[str, Any]:
     s = settings()
     task_id, redelivered = _delivery(self)
-    claimed = _claim_queries(job_id, task_id, redelivered, s.query_batch_max)
+    claimed, states = _claim_queries(job_id, task_id, redelivered, s.query_batch_max)
     if not claimed:
         if _running_elsewhere(job_id) and task_id is not None:
             # another worker's batch took this job: look again later, and take it over if that
@@ -206,7 +221,7 @@ def run_query(self: Any, job_id: int) -> dict[str, Any]:
             raise self.retry(countdown=QUERY_STALE_S / 2, max_retries=4)
         return {"skipped": job_id}
     try:
-        answer_queries(claimed)
+        answer_queries(claimed, states)
     except SoftTimeLimitExceeded:
         for j in claimed:
             _finish(j.id, "failed", error_code="time_limit", error_message="the query ran past its time limit")
@@ -214,8 +229,9 @@ def run_query(self: Any, job_id: int) -> dict[str, Any]:
     return {"answered": [j.id for j in claimed]}
 
 
-def answer_queries(claimed: list[JobInfo]) -> None:
-    """Embed the claimed queries together, then route and search each one."""
+def answer_queries(claimed: list[JobInfo], states: dict[int, tuple[int, int]] | None = None) -> None:
+    """Embed the claimed queries together, then route and search each one; ``states``: what
+    each catalogue's snapshot must be current with, read when they were claimed."""
     s = settings()
     holder = get_holder(s)
     jobs = {job.id: job for job in claimed}
@@ -225,7 +241,7 @@ def answer_queries(claimed: list[JobInfo]) -> None:
     for catalogue_id, ids in by_catalogue.items():
         t0 = time.perf_counter()
         try:
-            snap = holder.snapshot(catalogue_id)
+            snap = holder.snapshot(catalogue_id, (states or {}).get(catalogue_id))
         except Exception as exc:  # noqa: BLE001 - every job of the group gets the error
             for j in ids:
                 _fail(j, exc)
@@ -267,8 +283,8 @@ def answer_queries(claimed: list[JobInfo]) -> None:
                     threshold=float(params.get("threshold") or s.fallback_threshold),
                 )
                 elapsed = embed_ms / max(len(ids), 1)
-                # One transaction per answer. The compare-and-set transition comes first: a job
-                # cancelled while it ran raises InvalidTransition and nothing is written.
+                # One transaction per answer, its transition a compare-and-set: a job cancelled
+                # while it ran raises InvalidTransition and the transaction writes nothing.
                 with session_scope(s, immediate=True) as session:
                     if params.get("uploads"):
                         services.transition_job(session, j, "succeeded", result={
@@ -280,7 +296,6 @@ def answer_queries(claimed: list[JobInfo]) -> None:
                                        "routed_categories": a.route or [], "probabilities": a.probabilities}
                                       for n, a in enumerate(answers)]})
                         continue
-                    services.transition_job(session, j, "succeeded")
                     answer = answers[0]
                     services.write_query_results(
                         session, j,
@@ -291,6 +306,7 @@ def answer_queries(claimed: list[JobInfo]) -> None:
                         routed_categories=answer.route or [], probabilities=answer.probabilities,
                         routing=params.get("routing"),
                         elapsed_ms=elapsed + sum(answer.timings_ms.values()),
+                        succeed=True,  # the same statement as the result pointer: compare-and-set
                     )
             except InvalidTransition:
                 continue

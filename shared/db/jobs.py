@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,7 @@ JobType = Literal["query", "index", "reindex", "dedup", "train", "backfill", "ev
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 JOBS = table_of(Job)
+RESULTS = table_of(QueryResult)
 RESULT_ROWS = table_of(QueryResultRow)
 
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -157,6 +158,14 @@ def create_job(
         known = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if known is not None:
             return _same_job(known, job_type, params_n), False
+    if idempotency_key is None:  # one Core statement: no savepoint, no ORM flush (a query's submit)
+        now = utcnow()
+        created = session.execute(JOBS.insert().values(
+            type=job_type, status="queued", params=params_n, catalogue_id=catalogue_id,
+            model_version_id=model_version_id, progress_done=0, progress_total=progress_total,
+            attempts=0, task_id=task_id, created_at=now, updated_at=now,
+        ).returning(*JOBS.c)).one()
+        return _info(created), True
     row = Job(
         type=job_type,
         status="queued",
@@ -279,6 +288,30 @@ def transition_job(
     return replace(_info(row), **changed)
 
 
+def take_queued(session: Session, job_id: int) -> JobInfo | None:
+    """queued -> running in one statement (a compare-and-set ``UPDATE ... RETURNING``), as
+    :func:`transition_job` would move it: the running job, or None when the job is not queued
+    (missing, taken, finished: the caller reads it to see which). A worker's claim of a fresh
+    query job, the common case, then costs one round trip instead of three."""
+    now = utcnow()
+    row = session.execute(
+        update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.status == "queued")
+        .values(status="running", updated_at=now, attempts=JOBS.c.attempts + 1,
+                started_at=func.coalesce(JOBS.c.started_at, now))
+        .returning(*JOBS.c)
+    ).first()
+    return None if row is None else _info(row)
+
+
+def queued_job_ids(session: Session, job_type: str, limit: int) -> list[int]:
+    """The ids of up to ``limit`` queued jobs of a type, oldest first."""
+    check_choice("job type", job_type, JOB_TYPES)
+    stmt = (select(JOBS.c.id).where(JOBS.c.status == "queued", JOBS.c.type == job_type)
+            .order_by(JOBS.c.id).limit(limit))
+    return [int(i) for i in session.scalars(stmt)]
+
+
 def update_job_progress(session: Session, job_id: int, done: int, total: int | None = None) -> bool:
     """Set a job's progress; returns False (and changes nothing) once the job is finished.
 
@@ -345,11 +378,15 @@ def write_query_results(
     probabilities: Mapping[str, float] | None = None,
     routing: str | None = None,
     elapsed_ms: float | None = None,
+    succeed: bool = False,
 ) -> int:
     """Store a query's ranked answer (rank 1 = best) and point the job at it.
 
     Upserted by job id: writing again (a redelivered task) replaces the earlier answer.
     Returns the result id; the job's ``result`` becomes ``{"query_result_id": id}``.
+    ``succeed``: the same statement moves the job running -> succeeded, compare-and-set as
+    :func:`transition_job` does (:class:`InvalidTransition` when it is no longer running, e.g.
+    cancelled meanwhile; the caller's transaction then writes nothing).
     """
     check_choice("metric", metric, METRICS)
     ids = [int(i) for i in np.asarray(item_ids, dtype=np.int64).reshape(-1)]
@@ -358,12 +395,19 @@ def write_query_results(
         raise InvalidInput(f"{len(ids)} item ids but {len(vals)} scores")
     if k < 1:
         raise InvalidInput("k must be positive")
-    _row(session, job_id)
-    old = session.scalar(select(QueryResult.id).where(QueryResult.job_id == job_id))
+    # the job and its earlier answer, if any, in one read; then Core statements, no ORM flush:
+    # a query's answer is written on its latency path
+    found = session.execute(
+        select(JOBS.c.id, RESULTS.c.id).outerjoin(RESULTS, RESULTS.c.job_id == JOBS.c.id).where(JOBS.c.id == job_id)
+    ).first()
+    if found is None:
+        raise NotFound(f"job {job_id} not found")
+    old = found[1]
     if old is not None:
         session.execute(delete(RESULT_ROWS).where(RESULT_ROWS.c.result_id == old))
-        session.execute(delete(QueryResult).where(QueryResult.id == old))
-    header = QueryResult(
+        session.execute(delete(RESULTS).where(RESULTS.c.id == old))
+    now = utcnow()
+    header_id = session.execute(RESULTS.insert().values(
         job_id=job_id,
         catalogue_id=catalogue_id,
         model_version_id=model_version_id,
@@ -377,33 +421,37 @@ def write_query_results(
             else None
         ),
         elapsed_ms=elapsed_ms,
-    )
-    session.add(header)
-    session.flush()
+        created_at=now,
+    ).returning(RESULTS.c.id)).scalar_one()
     rows = [
-        {"result_id": header.id, "rank": rank, "item_id": item_id, "score": score}
+        {"result_id": header_id, "rank": rank, "item_id": item_id, "score": score}
         for rank, (item_id, score) in enumerate(zip(ids, vals, strict=True), start=1)
     ]
     for chunk in chunks(rows):
         session.execute(RESULT_ROWS.insert(), list(chunk))
-    session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id)
-        .values(result={"query_result_id": header.id}, updated_at=utcnow())
-    )
-    return header.id
+    values: dict[str, Any] = {"result": {"query_result_id": header_id}, "updated_at": now}
+    stmt = update(JOBS).where(JOBS.c.id == job_id)
+    if succeed:
+        values.update(status="succeeded", finished_at=now, error_code=None, error_message=None)
+        stmt = stmt.where(JOBS.c.status == "running")
+    if session.execute(stmt.values(**values)).rowcount != 1:  # type: ignore[attr-defined]
+        status = session.scalar(select(JOBS.c.status).where(JOBS.c.id == job_id))
+        raise InvalidTransition(f"job {job_id} cannot go from {status} to succeeded")
+    if succeed:
+        session.info[FINISHED_JOBS] = True  # session_scope rings the job bell after the commit
+    return int(header_id)
 
 
 def get_query_results(session: Session, job_id: int) -> QueryResultInfo | None:
     """A query job's stored answer with its items' keys, categories and locations; or None."""
-    found = session.execute(
-        select(QueryResult, ModelVersion.model_id)
-        .outerjoin(ModelVersion, ModelVersion.id == QueryResult.model_version_id)
-        .where(QueryResult.job_id == job_id)
+    header = session.execute(  # Core rows, no ORM entities: read on every answered long poll
+        select(RESULTS, ModelVersion.model_id.label("model_id_of_version"))
+        .outerjoin(ModelVersion, ModelVersion.id == RESULTS.c.model_version_id)
+        .where(RESULTS.c.job_id == job_id)
     ).first()
-    if found is None:
+    if header is None:
         return None
-    header, model_id = found
+    model_id = header.model_id_of_version
     hits = [
         QueryHit(
             rank=r.rank,

@@ -62,6 +62,8 @@ from shared.db.jobs import (
     is_terminal,
     list_jobs,
     new_task_id,
+    queued_job_ids,
+    take_queued,
     transition_job,
     update_job_progress,
     write_query_results,
@@ -156,5 +158,7 @@ __all__ = [
     "update_job_progress",
     "upsert_items",
     "write_embeddings",
+    "take_queued",
+    "queued_job_ids",
     "write_query_results",
 ]

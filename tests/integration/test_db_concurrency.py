@@ -188,7 +188,7 @@ def test_overlapping_query_batch_claims_take_each_job_once(empty_db_url: str, tm
             barrier.wait(10)
             for job_id in mine:
                 try:
-                    got = tasks._claim_queries(job_id, None, False, limit=8)
+                    got, _ = tasks._claim_queries(job_id, None, False, limit=8)
                 except BaseException as exc:  # noqa: BLE001 - the assertion below reports it
                     errors.append(exc)
                     continue

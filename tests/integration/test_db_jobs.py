@@ -98,6 +98,27 @@ def test_transition_side_effects(db_session: Session) -> None:
     assert done.result == {"groups": 3} and done.error_message is None
 
 
+def test_take_queued_claims_as_the_transition_does(db_session: Session) -> None:
+    """The one-statement claim moves a queued job as ``transition_job(..., "running")`` does,
+    and takes nothing that is not queued."""
+    job, _ = db.create_job(db_session, "query", params={"catalogue_id": 1})
+    taken = db.take_queued(db_session, job.id)
+    assert taken is not None and taken.status == "running" and taken.attempts == 1
+    assert taken.started_at is not None and taken.params == {"catalogue_id": 1}
+    assert db.get_job(db_session, job.id) == taken  # what it returned is the row as stored
+    assert db.take_queued(db_session, job.id) is None  # already running: another worker's
+    db.transition_job(db_session, job.id, "queued")  # redelivered
+    again = db.take_queued(db_session, job.id)
+    assert again is not None and again.attempts == 2 and again.started_at == taken.started_at
+    for status in ("succeeded", "cancelled"):
+        assert db.take_queued(db_session, job_in(db_session, status)) is None
+    assert db.take_queued(db_session, 10**9) is None
+    queued = [db.create_job(db_session, "query")[0].id for _ in range(3)]
+    db.create_job(db_session, "index")
+    assert db.queued_job_ids(db_session, "query", 10)[-3:] == queued  # oldest first, queries only
+    assert db.queued_job_ids(db_session, "query", 2) == db.queued_job_ids(db_session, "query", 10)[:2]
+
+
 def test_failure_records_the_error(db_session: Session) -> None:
     job, _ = db.create_job(db_session, "train")
     db.transition_job(db_session, job.id, "running")
@@ -217,3 +238,34 @@ def test_query_results_round_trip_and_upsert(db_session: Session) -> None:
             metric="cosine",
             k=3,
         )
+
+
+def test_query_results_with_succeed_finish_the_job_in_the_same_write(db_session: Session) -> None:
+    """``succeed=True``: the answer and running -> succeeded together; a job that is no longer
+    running (cancelled while it ran) raises, and the caller's transaction writes nothing."""
+    cat = db.create_catalogue(db_session, "s", source_kind="folder", source_path="/s").id
+    res = db.upsert_items(db_session, cat, [db.ScannedItem(key="a.jpg", sha256="a" * 64)])
+    item = res.ids_by_key["a.jpg"]
+    job, _ = db.create_job(db_session, "query", catalogue_id=cat)
+    db.transition_job(db_session, job.id, "running")
+    rid = db.write_query_results(db_session, job.id, item_ids=[item], scores=[0.9], model_version_id=None,
+                                 catalogue_id=cat, metric="cosine", k=1, succeed=True)
+    done = db.get_job(db_session, job.id)
+    assert done.status == "succeeded" and done.finished_at is not None
+    assert done.result == {"query_result_id": rid}
+    out = db.get_query_results(db_session, job.id)
+    assert out is not None and [h.item_id for h in out.hits] == [item]
+
+    cancelled, _ = db.create_job(db_session, "query", catalogue_id=cat)
+    db.transition_job(db_session, cancelled.id, "running")
+    db.transition_job(db_session, cancelled.id, "cancelled")
+    nested = db_session.begin_nested()
+    with pytest.raises(InvalidTransition):
+        db.write_query_results(db_session, cancelled.id, item_ids=[item], scores=[0.9], model_version_id=None,
+                               catalogue_id=cat, metric="cosine", k=1, succeed=True)
+    nested.rollback()
+    assert db.get_job(db_session, cancelled.id).status == "cancelled"
+    assert db.get_query_results(db_session, cancelled.id) is None
+    with pytest.raises(NotFound):
+        db.write_query_results(db_session, 10**9, item_ids=[item], scores=[0.9], model_version_id=None,
+                               catalogue_id=cat, metric="cosine", k=1)
