@@ -12,7 +12,12 @@ router, a generated catalogue indexed), starts a real worker and the API (gunico
 - a burst of N queries submitted at once: time until all have succeeded, with micro-batching
   (queries waiting together embedded together, FIR_QUERY_BATCH_MAX=16) and without (=1).
 The bare forward time is one warm 224 px image through the same model in this process, timed
-alternately with the single queries (one forward, one query, ...) while the service idles.
+alternately with the single queries (one forward, one query, ...) while the service idles,
+under the workers' OpenMP setting (``GOMP_SPINCOUNT``, :func:`shared.threads.calm_openmp`).
+"p50 / forward" divides the two medians; "paired" is the median of each query's latency over
+the mean of the forwards timed just before and after it (robust to the VM's speed drifting).
+``--service-env KEY=VALUE`` sets a variable for the worker and the API only (to compare
+settings, or a server from another checkout on ``PYTHONPATH``, against the same client).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from pathlib import Path
 import requests
 
 from bench._common import machine_header
+from shared.threads import calm_openmp
 
+calm_openmp()  # the bare forward below runs under the workers' OpenMP setting
 BIN = Path(sys.executable).parent
 
 
@@ -165,7 +172,8 @@ def bare_forward(home: Path) -> Callable[[], float]:
     return timed
 
 
-def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork") -> list[str]:
+def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
+                service_env: dict[str, str] | None = None) -> list[str]:
     import socket
 
     rows = []
@@ -195,7 +203,7 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork") ->
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             base = f"http://127.0.0.1:{port}"
-            procs = start(env, port, home, pool)
+            procs = start({**env, **(service_env or {})}, port, home, pool)
             try:
                 wait_ready(base)
                 for _ in range(3):
@@ -209,6 +217,10 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork") ->
                     lat.append(one_query(base, image, stages))
                     forwards.append(forward_once())
                     lat_one.append(one_query(base, image, one_request=True))
+                # each query against the forwards timed just before and after it: robust to the
+                # VM's speed drifting during the run
+                paired = statistics.median(q / ((forwards[2 * i] + forwards[2 * i + 1]) / 2)
+                                           for i, q in enumerate(lat))
                 lat.sort()
                 one = statistics.median(lat_one)
                 forward = statistics.median(forwards)
@@ -219,6 +231,7 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork") ->
             finally:
                 stop(procs)
             rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
+                        f"| {paired:.2f}x "
                         f"| {split} | {one:.0f} | {one / forward:.2f}x | {total:.1f} | {burst_n / total:.1f} |")
         if name == "redis-postgres":
             with admin.connect() as c:
@@ -233,15 +246,21 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=200)
     ap.add_argument("--pool", default="prefork", choices=["prefork", "solo"],
                     help="the worker's Celery pool (FIR runs prefork: Celery's time limits need it)")
+    ap.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the worker and the API only (repeatable)")
     args = ap.parse_args()
+    service_env = dict(kv.split("=", 1) for kv in args.service_env)
     print(machine_header("End-to-end query latency (HTTP submit -> result ready)"))
+    print(f"- GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')} (this process and the worker)"
+          + (f"; the services' own environment: {' '.join(args.service_env)}" if args.service_env else ""))
     print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
+          "| paired: p50 of query / its forwards "
           f"| p50 {' / '.join(STAGES)} (ms) | one request: p50 (ms) | one request / forward "
           f"| {args.burst} at once (s) | queries/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
     for b in backends:
-        for row in run_backend(b, args.queries, args.burst, args.pool):
+        for row in run_backend(b, args.queries, args.burst, args.pool, service_env):
             print(row, flush=True)
 
 
