@@ -23,4 +23,5 @@ run search_1m bench.bench_search --data tight --plan 1000000x2048 --catalogue-dt
 run precision bench.bench_precision --backbone efficientnet_lite0 --weights imagenet --compile
 run precision_r50 bench.bench_precision --backbone resnet50 --weights none --compile --gallery 300 --queries 100
 run indexing bench.bench_indexing --images 256 --size 160 --batch 16 --rounds 3 --workers 1,2
+run openmp_spin bench.bench_openmp_spin
 run service bench.bench_service --backend both --queries 30 --burst 50
