@@ -203,9 +203,9 @@ def _claim_queries(job_id: int, task_id: str | None, redelivered: bool, limit: i
                 claimed.append(taken)
         states: dict[int, tuple[int, int]] = {}
         holder = get_holder(settings())
-        for catalogue_id in {int((j.params or {})["catalogue_id"]) for j in claimed}:
-            with contextlib.suppress(FirError):
-                states[catalogue_id] = holder.state(session, catalogue_id)
+        for catalogue_id in {(j.params or {}).get("catalogue_id") for j in claimed} - {None}:
+            with contextlib.suppress(FirError):  # no active model: each job fails with it later
+                states[int(catalogue_id)] = holder.state(session, int(catalogue_id))
     return claimed, states
 
 

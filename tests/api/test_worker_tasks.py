@@ -67,6 +67,41 @@ def test_waiting_queries_are_answered_together(api: ApiEnv, tasks: Any) -> None:
     assert tasks.run_query.run(ids[1]) == {"skipped": ids[1]}
 
 
+def test_the_claim_reads_the_model_and_index_state_the_answer_uses(api: ApiEnv, tasks: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction that claims a query also reads the active model and the catalogue's
+    index generation; the answer is built against that state without reading it again, and a
+    generation bumped after the claim is picked up by the next query."""
+    from worker import holder as holder_mod
+
+    first = _submit(api, (30, 140, 220))
+    claimed, states = tasks._claim_queries(first, None, False, 1)
+    assert [j.id for j in claimed] == [first]
+    with session_scope(api.settings) as session:
+        active = services.get_active_model_version(session)
+        assert active is not None
+        expected = (active.id, services.get_index_generation(session, api.catalogue_id, active.id))
+    assert states == {api.catalogue_id: expected}
+    reads: list[int] = []
+    real_state = holder_mod.ModelHolder.state
+
+    def counted(self: Any, session: Any, catalogue_id: int) -> tuple[int, int]:
+        reads.append(catalogue_id)
+        return real_state(self, session, catalogue_id)
+
+    monkeypatch.setattr(holder_mod.ModelHolder, "state", counted)
+    tasks.answer_queries(claimed, states)
+    assert reads == []  # answered under the state read with the claim
+    with session_scope(api.settings) as session:
+        assert services.get_job(session, first).status == "succeeded"
+        services.bump_index_generation(session, api.catalogue_id, active.id)
+    second = _submit(api, (220, 140, 30))
+    tasks.run_query.run(second)
+    assert reads == [api.catalogue_id]  # read once, in the claim
+    cached = holder_mod.get_holder(api.settings)._catalogues[api.catalogue_id]
+    assert cached.generation == expected[1] + 1  # the second answer used the bumped index
+
+
 def test_bad_upload_vanished_fails_only_its_job(api: ApiEnv, tasks: Any) -> None:
     good, bad = _submit(api, (10, 10, 10)), _submit(api, (200, 0, 0))
     with session_scope(api.settings) as session:
