@@ -106,8 +106,10 @@ class ModelHolder:
     def state(self, session: Session, catalogue_id: int) -> tuple[int, int]:
         """(the active model version's id, the catalogue's index generation under it), read in
         the caller's transaction: what :meth:`snapshot` must be current with."""
-        active_id = self._active_id(session)
-        return active_id, services.get_index_generation(session, catalogue_id, active_id)
+        state = services.active_index_state(session, catalogue_id)
+        if state is None:
+            raise NoActiveModel("no active model version; train one and activate it (`fir models activate`)")
+        return state
 
     def snapshot(self, catalogue_id: int, state: tuple[int, int] | None = None) -> Snapshot:
         """The catalogue's engine under the active model, current with ``state`` (:meth:`state`,

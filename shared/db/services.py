@@ -69,6 +69,7 @@ from shared.db.jobs import (
     write_query_results,
 )
 from shared.db.vectors import (
+    active_index_state,
     bump_index_generation,
     copy_embeddings_by_sha256,
     count_embeddings,
@@ -124,6 +125,7 @@ __all__ = [
     "get_catalogue",
     "get_catalogue_by_name",
     "get_dedup_decisions",
+    "active_index_state",
     "get_index_generation",
     "get_item",
     "get_item_by_key",

@@ -20,7 +20,14 @@ from sqlalchemy import Engine, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db._common import check_choice, chunks, table_of, upsert_insert
-from shared.db.models import EMBEDDING_DTYPES, Embedding, IndexGeneration, Item, utcnow
+from shared.db.models import (
+    EMBEDDING_DTYPES,
+    Embedding,
+    IndexGeneration,
+    Item,
+    ModelVersion,
+    utcnow,
+)
 from shared.errors import InvalidInput, ModelMismatch
 
 EMBEDDINGS = table_of(Embedding)
@@ -507,6 +514,20 @@ def get_index_generation(session: Session, catalogue_id: int, model_version_id: 
         )
     )
     return int(value or 0)
+
+
+def active_index_state(session: Session, catalogue_id: int) -> tuple[int, int] | None:
+    """(the active model version's id, the catalogue's index generation under it: 0 when never
+    bumped) in one statement; None when no model version is active. What a query worker checks
+    its loaded model and index against, on every query."""
+    versions = table_of(ModelVersion)
+    row = session.execute(
+        select(versions.c.id, GENERATIONS.c.generation)
+        .outerjoin(GENERATIONS, and_(GENERATIONS.c.model_version_id == versions.c.id,
+                                     GENERATIONS.c.catalogue_id == catalogue_id))
+        .where(versions.c.state == "active")
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1] or 0))
 
 
 def list_index_generations(session: Session) -> dict[tuple[int, int], int]:

@@ -204,3 +204,19 @@ def test_index_generation_bumps(db_session: Session) -> None:
     assert db.bump_index_generation(db_session, cat, mv2) == 1
     assert db.get_index_generation(db_session, cat, mv1) == 2
     assert db.list_index_generations(db_session) == {(cat, mv1): 2, (cat, mv2): 1}
+
+
+def test_active_index_state_reads_the_active_version_and_its_generation(db_session: Session) -> None:
+    cat, _ = make_items(db_session, 1)
+    other, _ = make_items(db_session, 1, name="other")
+    mv1, mv2 = make_version(db_session, "m1"), make_version(db_session, "m2")
+    assert db.active_index_state(db_session, cat) is None  # nothing active
+    db.activate_model_version(db_session, mv1)
+    assert db.active_index_state(db_session, cat) == (mv1, 0)  # never bumped
+    db.bump_index_generation(db_session, cat, mv1)
+    db.bump_index_generation(db_session, cat, mv2)
+    db.bump_index_generation(db_session, cat, mv2)
+    assert db.active_index_state(db_session, cat) == (mv1, 1)  # the active version's counter
+    db.activate_model_version(db_session, mv2)
+    assert db.active_index_state(db_session, cat) == (mv2, 2)
+    assert db.active_index_state(db_session, other) == (mv2, 0)  # another catalogue's own counter
