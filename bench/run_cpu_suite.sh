@@ -17,6 +17,7 @@ run() {
 }
 run router bench.bench_router --sizes 5000,10000
 run search_hard bench.bench_search --data hard --plan 77000x2048,300000x2048 --fp16 77000x2048,300000x2048 --ef 64,128,256
+run graph_storage bench.bench_graph_storage --queries 300
 run search_tight bench.bench_search --data tight --plan 10000x2048,77000x2048,300000x2048 --fp16 10000x2048,77000x2048,300000x2048 --ef 32,48,64,128
 # 1M x 2048 in 24 GB: the catalogue generated in float16 and only the fp16-stored graphs built
 run search_1m bench.bench_search --data tight --plan 1000000x2048 --catalogue-dtype float16 --no-fp32-index --fp16 1000000x2048 --ef 64,128,192,256,384 --exact-queries 3
