@@ -17,7 +17,10 @@ under the workers' OpenMP setting (``GOMP_SPINCOUNT``, :func:`shared.threads.cal
 "p50 / forward" divides the two medians; "paired" is the median of each query's latency over
 the mean of the forwards timed just before and after it (robust to the VM's speed drifting).
 "worker CPU per query" is the worker's processes' CPU time over the single queries, divided
-by their number (its forward runs on two threads: about twice the forward's wall time).
+by their number (its forward runs on two threads: about twice the forward's wall time);
+"API CPU" the same for the gunicorn processes, and "database + broker CPU" for every
+``postgres`` and ``redis-server`` process on the machine (with the embedded backend, what
+they spend idle).
 ``--service-env KEY=VALUE`` sets a variable for the worker and the API only (to compare
 settings, or a server from another checkout on ``PYTHONPATH``, against the same client).
 """
@@ -120,6 +123,25 @@ def group_cpu_s(pgid: int) -> float:
             total += int(fields[11]) + int(fields[12])
     return total / tick
 
+
+def named_cpu_s(names: tuple[str, ...]) -> float:
+    """CPU seconds (user + system) used so far by the live processes with one of these names
+    (Linux /proc; 0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        if name in names:
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+SERVERS = ("postgres", "redis-server")
 
 _client = threading.local()
 
@@ -230,6 +252,7 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
                 stages: list[dict[str, float]] = []
                 lat, lat_one, forwards = [], [], []
                 cpu0 = group_cpu_s(procs[0].pid)  # the worker (its own session: pgid = pid)
+                api0, servers0 = group_cpu_s(procs[1].pid), named_cpu_s(SERVERS)
                 for _ in range(queries):
                     forwards.append(forward_once())
                     lat.append(one_query(base, image, stages))
@@ -238,6 +261,8 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
                 # each query against the forwards timed just before and after it: robust to the
                 # VM's speed drifting during the run
                 worker_cpu = (group_cpu_s(procs[0].pid) - cpu0) * 1000 / (2 * queries)
+                api_cpu = (group_cpu_s(procs[1].pid) - api0) * 1000 / (2 * queries)
+                servers_cpu = (named_cpu_s(SERVERS) - servers0) * 1000 / (2 * queries)
                 paired = statistics.median(q / ((forwards[2 * i] + forwards[2 * i + 1]) / 2)
                                            for i, q in enumerate(lat))
                 lat.sort()
@@ -250,7 +275,7 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
             finally:
                 stop(procs)
             rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
-                        f"| {paired:.2f}x | {worker_cpu:.0f} "
+                        f"| {paired:.2f}x | {worker_cpu:.0f} | {api_cpu:.1f} | {servers_cpu:.1f} "
                         f"| {split} | {one:.0f} | {one / forward:.2f}x | {total:.1f} | {burst_n / total:.1f} |")
         if name == "redis-postgres":
             with admin.connect() as c:
@@ -273,10 +298,11 @@ def main() -> None:
     print(f"- GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')} (this process and the worker)"
           + (f"; the services' own environment: {' '.join(args.service_env)}" if args.service_env else ""))
     print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
-          "| paired: p50 of query / its forwards | worker CPU per query (ms) "
+          "| paired: p50 of query / its forwards | worker CPU per query (ms) | API CPU per query (ms) "
+          "| database + broker CPU per query (ms) "
           f"| p50 {' / '.join(STAGES)} (ms) | one request: p50 (ms) | one request / forward "
           f"| {args.burst} at once (s) | queries/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
     for b in backends:
         for row in run_backend(b, args.queries, args.burst, args.pool, service_env):
