@@ -159,15 +159,26 @@ class Listener:
             os.unlink(self.name)
 
 
+TRUSTED_AFTER = 3  # jobs in a row whose waiters heard them finish by the bell
+
+
 class Hub:
     """One process's waits on a bell: a daemon thread blocks on a :class:`Listener` and
     counts rings; any number of threads wait for the count to move. Without a listener the
-    waits watch the file."""
+    waits watch the file.
+
+    The hub also keeps score of how its waiters learned that their jobs had finished
+    (:meth:`heard`): by a ring, or only by reading the job's state when no ring came (the
+    worker's ring was lost, or the worker rings a bell this process does not hear, e.g. on
+    another machine). After :data:`TRUSTED_AFTER` rung finishes in a row it is
+    :attr:`trusted`, and waiters may read the state less often; one finish that came without a
+    ring takes the trust back."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._cond = threading.Condition()
         self._rings = 0
+        self._rung_in_a_row = 0
         self._listener = Listener.open(path)
         if self._listener is not None:
             threading.Thread(target=self._run, name="fir-bell", daemon=True).start()
@@ -184,6 +195,16 @@ class Hub:
                 with self._cond:
                     self._rings += 1
                     self._cond.notify_all()
+
+    def heard(self, rung: bool) -> None:
+        """A waiter found its job finished after a ring (``rung``) or without one."""
+        with self._cond:
+            self._rung_in_a_row = self._rung_in_a_row + 1 if rung else 0
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the last :data:`TRUSTED_AFTER` finishes found by waiters came with a ring."""
+        return self._rung_in_a_row >= TRUSTED_AFTER
 
     def token(self) -> object:
         """Take before reading the state a ring would change; pass to :meth:`wait`."""

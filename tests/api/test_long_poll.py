@@ -126,3 +126,57 @@ def test_a_job_finished_without_a_ring_is_still_seen(api: ApiEnv) -> None:
     thread.join(10)
     assert resp.get_json()["status"] == "succeeded"
     assert took < 10
+
+
+def _hub(api: ApiEnv) -> jobbell.Hub:
+    return jobbell.hub(jobbell.bell_path(api.settings.resolved_home()))
+
+
+def _finish_later(api: ApiEnv, job_id: int, after_s: float, ring: bool) -> threading.Thread:
+    """Finishes the job from another thread; ``ring=False``: through an engine target, which
+    rings nothing (a worker this API does not hear)."""
+    target = api.settings if ring else get_engine(api.settings)
+
+    def finish() -> None:
+        time.sleep(after_s)
+        with session_scope(target) as s:
+            services.transition_job(s, job_id, "running")
+            services.transition_job(s, job_id, "succeeded")
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_waits_read_the_database_less_once_the_bell_is_trusted(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs heard finishing by the bell make the hub trusted; a wait then reads the job about
+    every WAIT_DB_POLL_TRUSTED_S instead of every WAIT_DB_POLL_S. A finish that comes without a
+    ring is still seen, within the longer interval, and takes the trust back."""
+    from api.routes.jobs import WAIT_DB_POLL_TRUSTED_S
+
+    hub = _hub(api)
+    hub.heard(False)  # whatever earlier tests left
+    assert hub.listening  # the test's premise: this process hears the bell through its socket
+    for _ in range(jobbell.TRUSTED_AFTER):
+        job_id = _new_job(api)
+        thread = _finish_later(api, job_id, 0.1, ring=True)
+        assert api.client.get(f"/api/v1/jobs/{job_id}?wait=10").get_json()["status"] == "succeeded"
+        thread.join(10)
+    assert hub.trusted
+    reads: list[int] = []
+    real = services.get_job
+    monkeypatch.setattr(services, "get_job", lambda s, j: reads.append(j) or real(s, j))
+    job_id = _new_job(api)
+    api.client.get(f"/api/v1/jobs/{job_id}?wait=1")
+    assert 1 <= len(reads) <= 1 / WAIT_DB_POLL_TRUSTED_S + 2  # untrusted: about 1 / WAIT_DB_POLL_S
+    thread = _finish_later(api, job_id, 0.2, ring=False)
+    t0 = time.monotonic()
+    assert api.client.get(f"/api/v1/jobs/{job_id}?wait=10").get_json()["status"] == "succeeded"
+    took = time.monotonic() - t0
+    thread.join(10)
+    assert took < 0.2 + WAIT_DB_POLL_TRUSTED_S + 1.0
+    assert not hub.trusted  # found by a read, not a ring: back to reading every WAIT_DB_POLL_S
+    reads.clear()
+    job_id = _new_job(api)
+    api.client.get(f"/api/v1/jobs/{job_id}?wait=0.5")
+    assert len(reads) >= 0.5 / WAIT_DB_POLL_S / 2

@@ -114,3 +114,18 @@ def test_a_hub_wakes_every_waiting_thread(tmp_path: Path, monkeypatch: pytest.Mo
     for t in threads:
         t.join(10)
     assert len(woken) == 4 and max(woken) - rang < 5
+
+
+def test_a_hub_is_trusted_after_rung_finishes_in_a_row_and_not_after_a_miss(tmp_path: Path) -> None:
+    hub = jobbell.Hub(tmp_path / "run" / "jobs-finished.bell")
+    assert not hub.trusted
+    for _ in range(jobbell.TRUSTED_AFTER - 1):
+        hub.heard(True)
+    assert not hub.trusted
+    hub.heard(True)
+    assert hub.trusted
+    hub.heard(False)  # a job found finished without its ring: trust is taken back at once
+    assert not hub.trusted
+    for _ in range(jobbell.TRUSTED_AFTER):
+        hub.heard(True)
+    assert hub.trusted
