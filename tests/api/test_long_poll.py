@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -152,16 +153,19 @@ def test_waits_read_the_database_less_once_the_bell_is_trusted(api: ApiEnv, monk
     """Jobs heard finishing by the bell make the hub trusted; a wait then reads the job about
     every WAIT_DB_POLL_TRUSTED_S instead of every WAIT_DB_POLL_S. A finish that comes without a
     ring is still seen, within the longer interval, and takes the trust back."""
+    import api.routes.jobs as jobs_routes
     from api.routes.jobs import WAIT_DB_POLL_TRUSTED_S
 
     hub = _hub(api)
     hub.heard(False)  # whatever earlier tests left
     assert hub.listening  # the test's premise: this process hears the bell through its socket
-    for _ in range(jobbell.TRUSTED_AFTER):
-        job_id = _new_job(api)
-        thread = _finish_later(api, job_id, 0.1, ring=True)
-        assert api.client.get(f"/api/v1/jobs/{job_id}?wait=10").get_json()["status"] == "succeeded"
-        thread.join(10)
+    with monkeypatch.context() as m:
+        m.setattr(jobs_routes, "WAIT_DB_POLL_S", 5.0)  # only the ring wakes these waits
+        for _ in range(jobbell.TRUSTED_AFTER):
+            job_id = _new_job(api)
+            thread = _finish_later(api, job_id, 0.1, ring=True)
+            assert api.client.get(f"/api/v1/jobs/{job_id}?wait=10").get_json()["status"] == "succeeded"
+            thread.join(10)
     assert hub.trusted
     reads: list[int] = []
     real = services.get_job
@@ -180,3 +184,30 @@ def test_waits_read_the_database_less_once_the_bell_is_trusted(api: ApiEnv, monk
     job_id = _new_job(api)
     api.client.get(f"/api/v1/jobs/{job_id}?wait=0.5")
     assert len(reads) >= 0.5 / WAIT_DB_POLL_S / 2
+
+
+def test_a_ring_that_lands_while_the_job_is_read_was_not_missed(api: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker commits, then rings: a poll's read can see the finished job a moment before
+    the ring arrives. That finish counts as heard by the bell, not as a lost ring."""
+    hub = _hub(api)
+    hub.heard(False)
+    job_id = _new_job(api)
+    calls: list[int] = []
+    real = services.get_job
+
+    def read(session: Any, j: int) -> Any:
+        calls.append(j)
+        if len(calls) == 2:  # the wait's first poll: the job finishes and rings just before this read
+            with session_scope(get_engine(api.settings)) as s:
+                services.transition_job(s, job_id, "running")
+                services.transition_job(s, job_id, "succeeded")
+            jobbell.ring(jobbell.bell_path(api.settings.resolved_home()))
+            time.sleep(0.1)  # the hub's thread counts it
+        return real(session, j)
+
+    monkeypatch.setattr(services, "get_job", read)
+    assert api.client.get(f"/api/v1/jobs/{job_id}?wait=5").get_json()["status"] == "succeeded"
+    assert len(calls) == 2
+    for _ in range(jobbell.TRUSTED_AFTER - 1):
+        hub.heard(True)
+    assert hub.trusted  # the finish above counted as the first of TRUSTED_AFTER
