@@ -109,24 +109,9 @@ def wait_ready(base: str, timeout: float = 120) -> None:
 STAGES = ("submit", "queue", "work", "answer")
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group (Linux
-    /proc; 0 elsewhere)."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def named_cpu_s(names: tuple[str, ...]) -> float:
-    """CPU seconds (user + system) used so far by the live processes with one of these names
-    (Linux /proc; 0 elsewhere)."""
+def _cpu_s(match: Callable[[str, list[str]], bool]) -> float:
+    """CPU seconds (user + system) used so far by the live processes that ``match`` accepts,
+    given each one's name and its /proc stat fields after the name (Linux; 0 elsewhere)."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -134,11 +119,21 @@ def named_cpu_s(names: tuple[str, ...]) -> float:
             text = stat.read_text()
         except OSError:
             continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        if name in names:
-            fields = text.rsplit(")", 1)[1].split()
+        head, rest = text.rsplit(")", 1)
+        fields = rest.split()  # state ppid pgrp ... utime(11) stime(12)
+        if match(head[head.find("(") + 1 :], fields):
             total += int(fields[11]) + int(fields[12])
     return total / tick
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    return _cpu_s(lambda _, fields: int(fields[2]) == pgid)
+
+
+def named_cpu_s(names: tuple[str, ...]) -> float:
+    """CPU seconds used so far by the live processes with one of these names."""
+    return _cpu_s(lambda name, _: name in names)
 
 
 SERVERS = ("postgres", "redis-server")
