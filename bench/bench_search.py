@@ -15,6 +15,11 @@ for comparison, with OpenBLAS's default (2 threads here).
     python -m bench.bench_search [--plan 10000x2048,77000x2048,300000x2048,1000000x256]
         [--queries 100] [--ef 64,128,256] [--fp16 10000x2048,77000x2048]
 
+``--pca SIZES --pca-min-recall 0.99`` builds the PCA variant as ``FIR_SEARCH_PCA_DIM=auto``
+does: each shard keeps its PCA graph only where the graph's leave-one-out check reaches the bar
+(printed per shard), else the plain graph; ``--ef default`` times each graph at FIR's own
+efSearch (twice ``--ef``'s 128 for a PCA graph).
+
 Build time dominates (HNSW inserts are about 1 ms per 2048-d vector on a busy 2-core CPU):
 split a long plan over several runs.
 """
@@ -105,11 +110,16 @@ def main() -> None:
                     help="comma-separated NxD catalogues")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--exact-queries", type=int, default=30, help="single exact queries timed (slow at 1M)")
-    ap.add_argument("--ef", default="64,128,256", help="efSearch values measured")
+    ap.add_argument("--ef", default="64,128,256",
+                    help="efSearch values measured; 'default': each graph's own (FIR's efSearch, twice it "
+                         "for a PCA graph)")
     ap.add_argument("--fp16", default="10000x2048,77000x2048", help="sizes that also get an fp16-stored graph")
     ap.add_argument("--pca", default="", help="sizes that also get a PCA-compacted graph (re-ranked exactly)")
     ap.add_argument("--pca-dim", type=int, default=256)
     ap.add_argument("--rerank", type=int, default=64)
+    ap.add_argument("--pca-min-recall", type=float, default=None,
+                    help="check each shard's PCA graph and keep it only at this leave-one-out recall@10, "
+                         "else build the plain graph (FIR_SEARCH_PCA_DIM=auto: 0.99)")
     ap.add_argument("--pca-storage", default="fp32", choices=["fp32", "fp16"],
                     help="storage of the PCA graph's codes and of the full vectors it re-ranks with")
     ap.add_argument("--no-fp32-graph", action="store_true", help="skip the plain fp32 graph (exact rows still run)")
@@ -132,7 +142,7 @@ def main() -> None:
     print(f"- HNSW M={args.m}, efConstruction={args.ef_construction} (shards over {LARGE_SHARD:,}: "
           f"M={args.large_m}, efConstruction={args.large_ef_construction}); k={args.k}; 3 category shards; "
           f"{args.queries} single queries (exact: {args.exact_queries}); data: {args.data}\n", flush=True)
-    efs = [int(e) for e in args.ef.split(",")]
+    efs: list[int | None] = [None if e == "default" else int(e) for e in args.ef.split(",")]
     fp16_plan = set(args.fp16.split(",")) if args.fp16 else set()
     pca_plan = set(args.pca.split(",")) if args.pca else set()
     k = args.k
@@ -148,9 +158,10 @@ def main() -> None:
         if spec in fp16_plan:
             variants.append(("fp16", IndexOptions(**common, storage="fp16")))
         if spec in pca_plan:
-            variants.append((f"{args.pca_storage} PCA{args.pca_dim} + rerank {args.rerank}",
+            check = "" if args.pca_min_recall is None else f", kept at check >= {args.pca_min_recall}"
+            variants.append((f"{args.pca_storage} PCA{args.pca_dim} + rerank {args.rerank}{check}",
                              IndexOptions(**common, pca_dim=args.pca_dim, rerank=args.rerank,
-                                          storage=args.pca_storage)))
+                                          storage=args.pca_storage, pca_min_recall=args.pca_min_recall)))
         for storage, opts in variants:
             gc.collect()
             rss0 = rss_mb()
@@ -188,10 +199,15 @@ def main() -> None:
                     index_mod.SHARD_THREADS = saved_threads
                 r = recall_at(got, truth_routed)
                 ru = recall_at(got_all, truth_all)
-                rows.append(f"| {label} | HNSW {storage} | {ef} | {p50:.2f} | {p90:.2f} | {r:.3f} | {u50:.2f} | {s50:.2f} "
+                rows.append(f"| {label} | HNSW {storage} | {'default' if ef is None else ef} | {p50:.2f} | {p90:.2f} | {r:.3f} | {u50:.2f} | {s50:.2f} "
                             f"| {ru:.3f} | {mem_mb:,.0f} (RSS +{rss_grow:,.0f}) | {mem_mb / n * 1e6 / 1e3:.2f} "
                             f"| {build:.1f} |")
             print(f"{label} {storage}: built in {build:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True)
+            for cat, shard in index._shards.items():  # what each shard's graph is, and its PCA check
+                g = shard.ann
+                if g is not None and g.pca_check is not None:
+                    print(f"  shard {cat} ({g.size:,}): {'PCA' if g.pca is not None else 'plain'} graph, efSearch "
+                          f"{g.ef_search}; PCA graph's leave-one-out recall@10 {g.pca_check:.3f}", flush=True)
             index = None  # type: ignore[assignment]
         del vectors
         gc.collect()

@@ -106,7 +106,11 @@ class Settings(BaseSettings):
     search_ann_storage: Literal["fp32", "fp16"] = "fp32"  # fp16: half the memory, 20-25 % faster, same recall
     # PCA compaction of the graphs: built over vectors projected to this many dimensions, the
     # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.
-    search_pca_dim: int = 0
+    # ``auto``: 256 dimensions, kept for a shard only where the PCA graph finds at least
+    # ``search_pca_min_recall`` of the exact top-10 of a sample of its own vectors (leave-one-out);
+    # the other shards get plain graphs. A PCA graph searches with twice ``search_ef_search``.
+    search_pca_dim: int | Literal["auto"] = 0
+    search_pca_min_recall: float = Field(default=0.99, gt=0.0, le=1.0)
     search_rerank: int = 64
     # Where the worker keeps the index: ``auto`` = on the model's GPU when it has one (exact
     # top-k there, in ``search_ann_storage`` precision; graphs are not built), else host memory;

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -48,6 +48,12 @@ IntArray = npt.NDArray[np.int64]
 # 1.000 at efSearch 128 (1.7 ms) and 0.993-0.998 at 96. So shards larger than this are built with ``large_hnsw_m`` and
 # ``large_ef_construction`` and searched with the same efSearch as the others.
 LARGE_SHARD = 250_000
+
+# ``FIR_SEARCH_PCA_DIM=auto``: the projection tried, on vectors of at least four times as many
+# dimensions (ResNet50's 2048, EfficientNet-Lite0's 1280); a shard of narrower vectors keeps its
+# plain graph.
+AUTO_PCA_DIM = 256
+PCA_CHECK_SAMPLE = 200  # vectors of the shard queried in the leave-one-out check
 
 _faiss: Any = None
 _faiss_checked = False
@@ -82,6 +88,14 @@ class IndexOptions:
     # scans). Distances in the graph cost pca_dim/d of a full one. None: off.
     pca_dim: int | None = None
     rerank: int = 64
+    # A PCA graph's efSearch; None: twice ``ef_search`` (its distances cost pca_dim/d of a full
+    # one, so it can afford to keep more candidates and still answer sooner).
+    pca_ef_search: int | None = None
+    # ``FIR_SEARCH_PCA_DIM=auto``: a shard's PCA graph is kept only when it finds, at its
+    # efSearch, at least this share of the exact top-10 for a sample of the shard's own vectors
+    # queried against the others (leave-one-out); otherwise the shard gets the plain graph.
+    # None: a PCA graph is kept unchecked (an explicit ``pca_dim``).
+    pca_min_recall: float | None = None
     # Where the vectors live and top-k is computed. ``None``: host memory (numpy exact scans and
     # faiss graphs, above). A torch device name (``cuda``, ``cuda:1``; ``cpu`` runs the same
     # torch code on the host, for tests): the catalogue is held there once, in ``storage``
@@ -98,19 +112,25 @@ class IndexOptions:
                 or min(self.ef_construction, self.large_ef_construction, self.ef_search) < 1):
             raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive "
                                "(hnsw_m at least 2)")
-        if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1:
-            raise InvalidInput("pca_dim and rerank must be positive")
+        if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1 or (
+                self.pca_ef_search is not None and self.pca_ef_search < 1):
+            raise InvalidInput("pca_dim, rerank and pca_ef_search must be positive")
+        if self.pca_min_recall is not None and not 0.0 < self.pca_min_recall <= 1.0:
+            raise InvalidInput(f"pca_min_recall must be in (0, 1], got {self.pca_min_recall}")
 
     @classmethod
     def from_settings(cls, settings: Any, model_device: Any = None) -> IndexOptions:
         """The options named ``search_*`` in :class:`shared.config.Settings`; ``model_device``
         (the embedder's torch device) resolves ``search_device=auto``."""
+        auto = settings.search_pca_dim == "auto"
         return cls(ann=settings.search_ann, ann_threshold=settings.search_ann_threshold,
                    hnsw_m=settings.search_hnsw_m, ef_construction=settings.search_ef_construction,
                    large_hnsw_m=settings.search_large_hnsw_m,
                    large_ef_construction=settings.search_large_ef_construction,
                    ef_search=settings.search_ef_search, storage=settings.search_ann_storage,
-                   pca_dim=settings.search_pca_dim or None, rerank=settings.search_rerank,
+                   pca_dim=AUTO_PCA_DIM if auto else (settings.search_pca_dim or None),
+                   rerank=settings.search_rerank,
+                   pca_min_recall=settings.search_pca_min_recall if auto else None,
                    device=resolve_search_device(settings.search_device, model_device))
 
     def graph_params(self, shard_size: int) -> tuple[int, int]:
@@ -177,10 +197,14 @@ class HnswShard:
         self._faiss = faiss
         self.pca: Any = None
         self.full: FloatArray | None = None  # the full vectors, when the graph holds projections
+        # FIR_SEARCH_PCA_DIM=auto: the PCA graph's leave-one-out recall@10 (build_graph), on the
+        # graph kept or on the PCA graph it replaced
+        self.pca_check: float | None = None
         if options.pca_dim is not None and options.pca_dim < d:
             pca = faiss.PCAMatrix(d, options.pca_dim)
             pca.train(x[:: max(1, n // 50_000)])  # at most about 50,000 training vectors
             self.pca = pca
+            self.ef_search = options.pca_ef_search or 2 * options.ef_search
             graph_vectors = pca.apply(x)
             # kept for the re-ranking and exact scans: the caller's (contiguous) array itself, or
             # under fp16 storage a float16 copy (half the memory; the caller's array is dropped)
@@ -201,6 +225,31 @@ class HnswShard:
         index.hnsw.efConstruction = ef_construction
         index.add(graph_vectors)
         self.index = index
+
+    def leave_one_out_recall(self, x: FloatArray, k: int = 10, sample: int = PCA_CHECK_SAMPLE,
+                             seed: int = 0) -> float:
+        """recall@k of this graph, at its own efSearch, for a sample of the shard's vectors ``x``
+        (float32, as built) each queried against the others: the share of the exact top-k
+        (itself left out) that the graph returns."""
+        n = len(x)
+        k = min(k, n - 1)
+        if k < 1:
+            return 1.0
+        rows = np.random.default_rng(seed).choice(n, min(sample, n), replace=False)
+        q = np.ascontiguousarray(x[rows])
+        sq = np.einsum("ij,ij->i", x, x) if self.metric != "cosine" else None
+        truth = []
+        for lo in range(0, len(rows), 50):  # [50, n] at a time: bounded memory for large shards
+            dots = q[lo : lo + 50] @ x.T
+            cost = -dots if sq is None else sq[None, :] - 2.0 * dots  # + |q|^2: the same for a row
+            cost[np.arange(len(dots)), rows[lo : lo + 50]] = np.inf  # itself left out
+            truth.append(np.argpartition(cost, k - 1, axis=1)[:, :k])
+        found, _ = self.search(q, k + 1)
+        hits = 0
+        for r, got, want in zip(rows, found, np.concatenate(truth), strict=True):
+            others = [int(g) for g in got if g != r][:k]
+            hits += len(set(others) & set(want.tolist()))
+        return hits / (len(rows) * k)
 
     def stored(self) -> npt.NDArray[Any]:
         """The shard's vectors, ``[n, d]`` float32 (float16 under fp16 storage): a view of
@@ -253,3 +302,26 @@ class HnswShard:
         cost = np.take_along_axis(cost, order, axis=1)
         idx[~np.isfinite(cost)] = -1
         return idx, cost
+
+
+def build_graph(vectors: FloatArray, metric: str, options: IndexOptions, faiss: Any) -> HnswShard:
+    """A shard's graph (:class:`HnswShard`). With ``pca_min_recall`` (``FIR_SEARCH_PCA_DIM=auto``)
+    the PCA graph is built first and checked (:meth:`HnswShard.leave_one_out_recall`); below the
+    bar, or on vectors of fewer than four times ``pca_dim`` dimensions, the shard gets the plain
+    graph instead. The check searches the built graph, not the projection alone: on the tight
+    synthetic data (bench/RESULTS.md, section 6) an exact scan of the projections, re-ranked,
+    found every neighbour, while the graph over them found 0.977 of them."""
+    if options.pca_dim is None or options.pca_min_recall is None:
+        return HnswShard(vectors, metric, options, faiss)
+    plain = replace(options, pca_dim=None)
+    if options.pca_dim * 4 > vectors.shape[1]:
+        return HnswShard(vectors, metric, plain, faiss)
+    graph = HnswShard(vectors, metric, options, faiss)
+    check = graph.leave_one_out_recall(np.asarray(vectors, dtype=np.float32))
+    if check >= options.pca_min_recall:
+        graph.pca_check = check
+        return graph
+    del graph
+    fallback = HnswShard(vectors, metric, plain, faiss)
+    fallback.pca_check = check
+    return fallback

@@ -254,3 +254,99 @@ def test_a_single_query_searches_its_graph_shards_side_by_side(monkeypatch: pyte
     graph.search(queries[:1], 10, exact=True)
     assert not any(name.startswith("fir-shard") for name in threads)
 
+
+
+def _low_rank(n: int, seed: int) -> tuple[npt.NDArray[np.float32], list[str], npt.NDArray[np.float32]]:
+    """64-d vectors that vary along 8 shared directions (plus a little noise): a 16-d
+    projection keeps their neighbours."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(8, 64))
+    vectors = (rng.normal(size=(n, 8)) @ basis + 0.05 * rng.normal(size=(n, 64))).astype(np.float32)
+    cats = [("dress", "shirt", "toptee")[i % 3] for i in range(n)]
+    return vectors, cats, (rng.normal(size=(30, 8)) @ basis).astype(np.float32)
+
+
+def _full_rank(n: int, seed: int) -> tuple[npt.NDArray[np.float32], list[str], npt.NDArray[np.float32]]:
+    """Isotropic 64-d vectors: a 16-d projection keeps a quarter of what tells them apart."""
+    rng = np.random.default_rng(seed)
+    cats = [("dress", "shirt", "toptee")[i % 3] for i in range(n)]
+    return rng.normal(size=(n, 64)).astype(np.float32), cats, rng.normal(size=(30, 64)).astype(np.float32)
+
+
+AUTO = IndexOptions(ann="hnsw", pca_dim=16, rerank=40, pca_min_recall=0.95)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_auto_pca_keeps_the_pca_graph_where_its_check_holds(metric: str) -> None:
+    vectors, cats, queries = _low_rank(3000, 7)
+    index = ShardedIndex(vectors, cats, metric, options=AUTO)  # type: ignore[arg-type]
+    for cat in ("dress", "shirt", "toptee"):
+        graph = index._shards[cat].ann
+        assert graph is not None and graph.pca is not None
+        assert graph.pca_check is not None and graph.pca_check >= 0.95
+        assert graph.ef_search == 2 * AUTO.ef_search  # a PCA graph keeps twice the candidates
+    exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
+    assert recall(index.search(queries, 10).indices, exact.search(queries, 10).indices) >= 0.99
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_auto_pca_falls_back_to_the_plain_graph_below_its_bar(metric: str, caplog: pytest.LogCaptureFixture) -> None:
+    vectors, cats, queries = _full_rank(3000, 8)
+    with caplog.at_level(logging.INFO, logger="shared.search.index"):
+        index = ShardedIndex(vectors, cats, metric, options=AUTO)  # type: ignore[arg-type]
+    for cat in ("dress", "shirt", "toptee"):
+        graph = index._shards[cat].ann
+        assert graph is not None and graph.pca is None and graph.ef_search == AUTO.ef_search
+        assert graph.pca_check is not None and graph.pca_check < 0.95  # the PCA graph's, measured
+    assert "plain graph (PCA 16 graph's leave-one-out recall@10" in caplog.text
+    exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
+    assert recall(index.search(queries, 10).indices, exact.search(queries, 10).indices) >= 0.99
+    # the same data forced through the PCA graph (no check) loses neighbours: the bar mattered
+    forced = ShardedIndex(vectors, cats, metric, options=IndexOptions(ann="hnsw", pca_dim=16, rerank=40))  # type: ignore[arg-type]
+    assert recall(forced.search(queries, 10).indices, exact.search(queries, 10).indices) < 0.9
+
+
+def test_auto_pca_leaves_narrow_vectors_their_plain_graph() -> None:
+    """A projection to more than a quarter of the dimensions saves too little to try."""
+    vectors, cats, _ = _low_rank(600, 9)
+    index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", pca_dim=17, rerank=40, pca_min_recall=0.5))
+    graph = index._shards["dress"].ann
+    assert graph is not None and graph.pca is None and graph.pca_check is None
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_leave_one_out_recall_counts_the_exact_neighbours_found(metric: str) -> None:
+    """The check against a plain recount: each sampled vector's graph answer, itself dropped,
+    against its exact top-10 among the others."""
+    vectors, _, _ = _full_rank(400, 10)
+    block = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    faiss = ann_mod.load_faiss()
+    graph = ann_mod.HnswShard(block, metric, IndexOptions(ann="hnsw", pca_dim=16, rerank=12), faiss)
+    got = graph.leave_one_out_recall(block, sample=50, seed=3)
+    rows = np.random.default_rng(3).choice(400, 50, replace=False)
+    hits = 0
+    for r in rows:
+        if metric == "cosine":
+            cost = -(block @ block[r])
+        else:
+            cost = ((block - block[r]) ** 2).sum(axis=1)
+        cost[r] = np.inf
+        want = set(np.argsort(cost)[:10].tolist())
+        found, _ = graph.search(block[r : r + 1], 11)
+        hits += len(want & set([int(i) for i in found[0] if i != r][:10]))
+    assert got == pytest.approx(hits / 500)
+    assert 0.0 < got < 1.0  # neither trivially perfect nor empty on this data
+
+
+def test_pca_auto_setting() -> None:
+    from shared.config import Settings
+
+    auto = IndexOptions.from_settings(Settings(search_pca_dim="auto"))
+    assert (auto.pca_dim, auto.pca_min_recall) == (ann_mod.AUTO_PCA_DIM, 0.99)
+    fixed = IndexOptions.from_settings(Settings(search_pca_dim=128))
+    assert (fixed.pca_dim, fixed.pca_min_recall) == (128, None)
+    off = IndexOptions.from_settings(Settings())
+    assert (off.pca_dim, off.pca_min_recall) == (None, None)
+    with pytest.raises(InvalidInput, match="pca_min_recall"):
+        IndexOptions(pca_min_recall=1.5)
