@@ -197,6 +197,7 @@ class HnswShard:
         self._faiss = faiss
         self.pca: Any = None
         self.full: FloatArray | None = None  # the full vectors, when the graph holds projections
+        self.full_codes: Any = None  # under fp16 storage, the faiss index that holds ``full``
         # FIR_SEARCH_PCA_DIM=auto: the PCA graph's leave-one-out recall@10 (build_graph), on the
         # graph kept or on the PCA graph it replaced
         self.pca_check: float | None = None
@@ -207,8 +208,18 @@ class HnswShard:
             self.ef_search = options.pca_ef_search or 2 * options.ef_search
             graph_vectors = pca.apply(x)
             # kept for the re-ranking and exact scans: the caller's (contiguous) array itself, or
-            # under fp16 storage a float16 copy (half the memory; the caller's array is dropped)
-            self.full = x if options.storage == "fp32" else x.astype(np.float16)
+            # under fp16 storage float16 codes in a faiss index (half the memory; the caller's
+            # array is dropped), whose distance computer re-ranks a query's candidates from them
+            # 4x faster than numpy widening them to float32 (43 against 178 us for 64 x 2048)
+            if options.storage == "fp32":
+                self.full = x
+            else:
+                codes = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16,
+                                                   faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
+                codes.train(x[: min(n, 1000)])  # fp16 codes need no statistics; faiss wants the call
+                codes.add(x)
+                self.full_codes = codes
+                self.full = _codes_view(faiss, codes, np.float16, n, d)
             # the projection keeps L2 distances (centring does not change them); for unit
             # vectors L2 ranks as cosine does, so the graph is L2 and the re-ranking exact
             fmetric = faiss.METRIC_L2
@@ -257,10 +268,8 @@ class HnswShard:
         if self.full is not None:
             return self.full
         storage = self._faiss.downcast_index(self.index.storage)
-        codes = storage.codes
-        raw = self._faiss.rev_swig_ptr(codes.data(), codes.size())
         dtype = np.float16 if self.storage == "fp16" else np.float32
-        return np.asarray(raw).view(dtype).reshape(self.size, self.dim)
+        return _codes_view(self._faiss, storage, dtype, self.size, self.dim)
 
     def nbytes(self) -> int:
         """Memory held: the graph's stored vectors (or projections), the graph, the full
@@ -289,19 +298,36 @@ class HnswShard:
         params.efSearch = max(int(ef_search or self.ef_search), kk)
         _, cand = self.index.search(self.pca.apply(q), kk, params=params)
         cand = cand.astype(np.int64, copy=False)
-        vecs = self.full[np.maximum(cand, 0)].astype(np.float32, copy=False)  # [m, kk, d]
-        if self.metric == "cosine":
-            cost = -np.einsum("mkd,md->mk", vecs, q)
+        if self.full_codes is not None:
+            cost = np.full(cand.shape, np.inf, np.float32)
+            sign = -1.0 if self.metric == "cosine" else 1.0
+            for r in range(len(q)):
+                dc = self.full_codes.get_distance_computer()  # one per query: safe across threads
+                dc.set_query(self._faiss.swig_ptr(q[r]))
+                for j, c in enumerate(cand[r].tolist()):
+                    if c >= 0:
+                        cost[r, j] = sign * dc(c)
         else:
-            diff = vecs - q[:, None, :]
-            cost = np.einsum("mkd,mkd->mk", diff, diff)
-        cost = cost.astype(np.float32, copy=False)
-        cost[cand < 0] = np.inf
+            vecs = self.full[np.maximum(cand, 0)]  # [m, kk, d] float32
+            if self.metric == "cosine":
+                cost = -np.einsum("mkd,md->mk", vecs, q)
+            else:
+                diff = vecs - q[:, None, :]
+                cost = np.einsum("mkd,mkd->mk", diff, diff)
+            cost = cost.astype(np.float32, copy=False)
+            cost[cand < 0] = np.inf
         order = np.argsort(cost, axis=1, kind="stable")[:, :k]
         idx = np.take_along_axis(cand, order, axis=1)
         cost = np.take_along_axis(cost, order, axis=1)
         idx[~np.isfinite(cost)] = -1
         return idx, cost
+
+
+def _codes_view(faiss: Any, index: Any, dtype: Any, n: int, d: int) -> npt.NDArray[Any]:
+    """A flat-codes faiss index's vectors (float32, or float16 codes) as ``[n, d]``, no copy."""
+    codes = index.codes
+    raw = faiss.rev_swig_ptr(codes.data(), codes.size())
+    return np.asarray(raw).view(dtype).reshape(n, d)
 
 
 def build_graph(vectors: FloatArray, metric: str, options: IndexOptions, faiss: Any) -> HnswShard:
