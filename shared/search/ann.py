@@ -88,9 +88,6 @@ class IndexOptions:
     # scans). Distances in the graph cost pca_dim/d of a full one. None: off.
     pca_dim: int | None = None
     rerank: int = 64
-    # A PCA graph's efSearch; None: twice ``ef_search`` (its distances cost pca_dim/d of a full
-    # one, so it can afford to keep more candidates and still answer sooner).
-    pca_ef_search: int | None = None
     # ``FIR_SEARCH_PCA_DIM=auto``: a shard's PCA graph is kept only when it finds, at its
     # efSearch, at least this share of the exact top-10 for a sample of the shard's own vectors
     # queried against the others (leave-one-out); otherwise the shard gets the plain graph.
@@ -112,9 +109,8 @@ class IndexOptions:
                 or min(self.ef_construction, self.large_ef_construction, self.ef_search) < 1):
             raise InvalidInput("ann_threshold, hnsw_m, ef_construction and ef_search must be positive "
                                "(hnsw_m at least 2)")
-        if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1 or (
-                self.pca_ef_search is not None and self.pca_ef_search < 1):
-            raise InvalidInput("pca_dim, rerank and pca_ef_search must be positive")
+        if (self.pca_dim is not None and self.pca_dim < 1) or self.rerank < 1:
+            raise InvalidInput("pca_dim and rerank must be positive")
         if self.pca_min_recall is not None and not 0.0 < self.pca_min_recall <= 1.0:
             raise InvalidInput(f"pca_min_recall must be in (0, 1], got {self.pca_min_recall}")
 
@@ -205,7 +201,9 @@ class HnswShard:
             pca = faiss.PCAMatrix(d, options.pca_dim)
             pca.train(x[:: max(1, n // 50_000)])  # at most about 50,000 training vectors
             self.pca = pca
-            self.ef_search = options.pca_ef_search or 2 * options.ef_search
+            # its distances cost pca_dim/d of a full one: it keeps twice the candidates and
+            # still answers sooner
+            self.ef_search = 2 * options.ef_search
             graph_vectors = pca.apply(x)
             # kept for the re-ranking and exact scans: the caller's (contiguous) array itself, or
             # under fp16 storage float16 codes in a faiss index (half the memory; the caller's
@@ -341,6 +339,8 @@ def build_graph(vectors: FloatArray, metric: str, options: IndexOptions, faiss: 
         return HnswShard(vectors, metric, options, faiss)
     plain = replace(options, pca_dim=None)
     if options.pca_dim * 4 > vectors.shape[1]:
+        log.info("%d-d vectors: no PCA %d graph tried (it needs four times as many dimensions); plain graph",
+                 vectors.shape[1], options.pca_dim)
         return HnswShard(vectors, metric, plain, faiss)
     graph = HnswShard(vectors, metric, options, faiss)
     check = graph.leave_one_out_recall(np.asarray(vectors, dtype=np.float32))

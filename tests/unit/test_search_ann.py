@@ -307,10 +307,12 @@ def test_auto_pca_falls_back_to_the_plain_graph_below_its_bar(metric: str, caplo
     assert recall(forced.search(queries, 10).indices, exact.search(queries, 10).indices) < 0.9
 
 
-def test_auto_pca_leaves_narrow_vectors_their_plain_graph() -> None:
+def test_auto_pca_leaves_narrow_vectors_their_plain_graph(caplog: pytest.LogCaptureFixture) -> None:
     """A projection to more than a quarter of the dimensions saves too little to try."""
     vectors, cats, _ = _low_rank(600, 9)
-    index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", pca_dim=17, rerank=40, pca_min_recall=0.5))
+    with caplog.at_level(logging.INFO, logger="shared.search.ann"):
+        index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", pca_dim=17, rerank=40, pca_min_recall=0.5))
+    assert "64-d vectors: no PCA 17 graph tried" in caplog.text
     graph = index._shards["dress"].ann
     assert graph is not None and graph.pca is None and graph.pca_check is None
 
