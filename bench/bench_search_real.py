@@ -35,7 +35,7 @@ from bench._common import machine_header
 from bench.bench_search import recall_at, rss_mb, time_single
 from shared.config import Settings
 from shared.imaging import load_image
-from shared.search.ann import IndexOptions
+from shared.search.ann import IndexOptions, describe_graph
 from shared.search.index import ShardedIndex
 from shared.vision.backbone import build_network
 from shared.vision.embed import Embedder
@@ -134,9 +134,7 @@ def main() -> None:
         for cat, shard in index._shards.items():
             g = shard.ann
             if g is not None:
-                check = "" if g.pca_check is None else f"; PCA graph's leave-one-out recall@10 {g.pca_check:.3f}"
-                print(f"  {name}: shard {cat} ({g.size:,}): {'PCA' if g.pca is not None else 'plain'} graph, "
-                      f"efSearch {g.ef_search}{check}", flush=True)
+                print(f"  {name}: shard {cat} ({g.size:,}): {describe_graph(g)}", flush=True)
         mem = index.nbytes() / 1e6
         if truth_routed is None:
             truth_routed = index.search(queries, 10, routes, exact=True).indices

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # PCA compaction of the graphs: built over vectors projected to this many dimensions, the
     # ``search_rerank`` best candidates re-scored with the full vectors; 0 turns it off.
     # ``auto``: 256 dimensions, kept for a shard only where the PCA graph finds at least
-    # ``search_pca_min_recall`` of the exact top-10 of a sample of its own vectors (leave-one-out);
+    # ``search_pca_min_recall`` of the exact top-10 of 200 of the shard's vectors held out of it;
     # the other shards get plain graphs. A PCA graph searches with twice ``search_ef_search``.
     search_pca_dim: int | Literal["auto"] = 0
     search_pca_min_recall: float = Field(default=0.99, gt=0.0, le=1.0)

@@ -42,7 +42,14 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import InvalidInput, UnknownCategory
-from shared.search.ann import AnnMode, HnswShard, IndexOptions, build_graph, load_faiss
+from shared.search.ann import (
+    AnnMode,
+    HnswShard,
+    IndexOptions,
+    build_graph,
+    describe_graph,
+    load_faiss,
+)
 from shared.threads import single_thread_blas
 
 Metric = Literal["cosine", "euclidean"]
@@ -257,10 +264,9 @@ class ShardedIndex:
                                sq_norms=np.einsum("ij,ij->i", block, block).astype(np.float32))
                 if opts.wants_ann(hi - lo):
                     shard.ann = build_graph(block, metric, opts, faiss)
-                    if shard.ann.pca_check is not None:
-                        log.info("shard %s (%d): %s (PCA %d graph's leave-one-out recall@10 %.3f, bar %.3f)",
-                                 cat, hi - lo, "PCA graph" if shard.ann.pca is not None else "plain graph",
-                                 opts.pca_dim, shard.ann.pca_check, opts.pca_min_recall)
+                    if shard.ann.checks:
+                        log.info("shard %s (%d vectors): %s, bar %.3f", cat, hi - lo,
+                                 describe_graph(shard.ann), opts.pca_min_recall)
                     shard.vectors = shard.ann.stored()  # the graph's store (or, under PCA, ``block``)
                 del block
                 self._shards[cat] = shard

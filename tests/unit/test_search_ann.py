@@ -284,7 +284,7 @@ def test_auto_pca_keeps_the_pca_graph_where_its_check_holds(metric: str) -> None
     for cat in ("dress", "shirt", "toptee"):
         graph = index._shards[cat].ann
         assert graph is not None and graph.pca is not None
-        assert graph.pca_check is not None and graph.pca_check >= 0.95
+        assert graph.checks["pca16"] >= 0.95
         assert graph.ef_search == 2 * AUTO.ef_search  # a PCA graph keeps twice the candidates
     exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
     assert recall(index.search(queries, 10).indices, exact.search(queries, 10).indices) >= 0.99
@@ -298,8 +298,9 @@ def test_auto_pca_falls_back_to_the_plain_graph_below_its_bar(metric: str, caplo
     for cat in ("dress", "shirt", "toptee"):
         graph = index._shards[cat].ann
         assert graph is not None and graph.pca is None and graph.ef_search == AUTO.ef_search
-        assert graph.pca_check is not None and graph.pca_check < 0.95  # the PCA graph's, measured
-    assert "plain graph (PCA 16 graph's leave-one-out recall@10" in caplog.text
+        assert graph.checks["pca16"] < 0.95  # the PCA graph's, measured
+        assert graph.size == 1000 and graph.index.ntotal == 1000  # every row in the plain graph
+    assert "(1000 vectors): plain graph, efSearch 128 (held-out recall@10: pca16 0." in caplog.text
     exact = ShardedIndex(vectors, cats, metric, ann="exact")  # type: ignore[arg-type]
     assert recall(index.search(queries, 10).indices, exact.search(queries, 10).indices) >= 0.99
     # the same data forced through the PCA graph (no check) loses neighbours: the bar mattered
@@ -314,32 +315,68 @@ def test_auto_pca_leaves_narrow_vectors_their_plain_graph(caplog: pytest.LogCapt
         index = ShardedIndex(vectors, cats, options=IndexOptions(ann="hnsw", pca_dim=17, rerank=40, pca_min_recall=0.5))
     assert "64-d vectors: no PCA 17 graph tried" in caplog.text
     graph = index._shards["dress"].ann
-    assert graph is not None and graph.pca is None and graph.pca_check is None
+    assert graph is not None and graph.pca is None and graph.checks == {}
 
 
+def test_auto_pca_leaves_small_shards_their_plain_graph(caplog: pytest.LogCaptureFixture) -> None:
+    """Under 100 vectors there are too few to hold 10 out of the graph for a check."""
+    vectors, cats, _ = _low_rank(270, 9)
+    with caplog.at_level(logging.INFO, logger="shared.search.ann"):
+        index = ShardedIndex(vectors, cats, options=AUTO)
+    assert "90 vectors: too few to check a PCA graph on; plain graph" in caplog.text
+    graph = index._shards["dress"].ann
+    assert graph is not None and graph.pca is None and graph.checks == {} and graph.index.ntotal == 90
+
+
+@pytest.mark.parametrize("pca_dim", [None, 16])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_leave_one_out_recall_counts_the_exact_neighbours_found(metric: str) -> None:
-    """The check against a plain recount: each sampled vector's graph answer, itself dropped,
-    against its exact top-10 among the others."""
+def test_held_out_recall_counts_the_exact_neighbours_found(metric: str, pca_dim: int | None) -> None:
+    """The check against a plain recount: each held-out row's graph answer against its exact
+    top-10 among the rows the graph holds; then finish() adds the held-out rows, in order."""
     vectors, _, _ = _full_rank(400, 10)
     block = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
     block = np.ascontiguousarray(block, dtype=np.float32)
     faiss = ann_mod.load_faiss()
-    graph = ann_mod.HnswShard(block, metric, IndexOptions(ann="hnsw", pca_dim=16, rerank=12), faiss)
-    got = graph.leave_one_out_recall(block, sample=50, seed=3)
-    rows = np.random.default_rng(3).choice(400, 50, replace=False)
+    opts = IndexOptions(ann="hnsw", pca_dim=pca_dim, rerank=12, ef_search=12)
+    graph = ann_mod.HnswShard(block, metric, opts, faiss, hold_out=50)
+    assert graph.index.ntotal == 350
+    got = graph.held_out_recall(block)
     hits = 0
-    for r in rows:
+    for r in range(350, 400):
         if metric == "cosine":
-            cost = -(block @ block[r])
+            cost = -(block[:350] @ block[r])
         else:
-            cost = ((block - block[r]) ** 2).sum(axis=1)
-        cost[r] = np.inf
+            cost = ((block[:350] - block[r]) ** 2).sum(axis=1)
         want = set(np.argsort(cost)[:10].tolist())
-        found, _ = graph.search(block[r : r + 1], 11)
-        hits += len(want & set([int(i) for i in found[0] if i != r][:10]))
+        found, _ = graph.search(block[r : r + 1], 10)
+        assert found.max() < 350  # only rows the graph holds
+        hits += len(want & set(found[0].tolist()))
     assert got == pytest.approx(hits / 500)
     assert 0.0 < got < 1.0  # neither trivially perfect nor empty on this data
+    graph.finish()
+    assert graph.index.ntotal == 400 and graph.stored().shape == (400, 64)
+    found, _ = graph.search(block[350:400], 1, ef_search=64)
+    assert (found[:, 0] == np.arange(350, 400)).mean() >= 0.9  # each row finds itself, at its own id
+    with pytest.raises(ValueError, match="held-out rows"):
+        graph.held_out_recall(block)
+
+
+def test_fit_pca_projects_onto_the_principal_subspace() -> None:
+    """The top components, centred: distances between projections are faiss's own PCA's, and
+    the mean projects to zero."""
+    rng = np.random.default_rng(11)
+    scales = np.linspace(3.0, 1.0, 8)  # distinct variances: a well-defined top-8 subspace
+    x = (rng.normal(size=(2000, 8)) * scales @ np.linalg.qr(rng.normal(size=(64, 8)))[0].T
+         + 0.01 * rng.normal(size=(2000, 64)) + 5.0).astype(np.float32)
+    faiss = ann_mod.load_faiss()
+    ours = ann_mod.fit_pca(x, 8, faiss)
+    ref = faiss.PCAMatrix(64, 8)
+    ref.train(x)
+    a, b = ours.apply(x[:300]), ref.apply(x[:300])
+    gram = lambda y: ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)  # noqa: E731
+    np.testing.assert_allclose(gram(a), gram(b), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ours.apply(x.mean(axis=0, keepdims=True)), 0.0, atol=1e-3)
+    assert (ours.d_in, ours.d_out) == (64, 8)
 
 
 def test_pca_auto_setting() -> None:
