@@ -17,8 +17,8 @@ for comparison, with OpenBLAS's default (2 threads here).
 
 ``--pca SIZES --pca-min-recall 0.99`` builds the PCA variant as ``FIR_SEARCH_PCA_DIM=auto``
 does: each shard keeps its PCA graph only where the graph's check (200 of the shard's vectors
-held out of it) reaches the bar (printed per shard), else the plain graph; ``--ef default`` times each graph at FIR's own
-efSearch (twice ``--ef``'s 128 for a PCA graph).
+held out of it) reaches the bar (printed per shard), else the plain graph; ``--ef default``
+times each graph at FIR's own efSearch (twice ``--ef``'s 128 for a PCA graph).
 
 Build time dominates (HNSW inserts are about 1 ms per 2048-d vector on a busy 2-core CPU):
 split a long plan over several runs.
