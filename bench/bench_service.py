@@ -23,6 +23,11 @@ by their number (its forward runs on two threads: about twice the forward's wall
 they spend idle).
 ``--service-env KEY=VALUE`` sets a variable for the worker and the API only (to compare
 settings, or a server from another checkout on ``PYTHONPATH``, against the same client).
+``--split-cores`` (a diagnostic, not FIR's deployment on one small machine): the worker and
+its forward on the last core with one thread, the API, the client and everything else on the
+others, so that the forward no longer evicts the other steps' code and data from their
+core's caches; the bare forward is then timed on that core with one thread too. Compare the
+fixed cost per query (e2e p50 minus bare forward, ms) with and without it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -67,17 +73,21 @@ def setup_home(home: Path, env: dict[str, str]) -> Path:
     return cat
 
 
-def start(env: dict[str, str], port: int, log_dir: Path, pool: str = "prefork") -> list[subprocess.Popen[bytes]]:
+def start(env: dict[str, str], port: int, log_dir: Path, pool: str = "prefork",
+          worker_prefix: list[str] | None = None, api_prefix: list[str] | None = None,
+          worker_env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
     cmds = [
-        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h",
-         "-P", pool],
-        [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
-         "api.wsgi:app"],
+        [*(worker_prefix or []), str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu",
+         "-c", "1", "-n", "bench@%h", "-P", pool],
+        [*(api_prefix or []), str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2",
+         "-b", f"127.0.0.1:{port}", "api.wsgi:app"],
     ]
     procs = []
     for i, cmd in enumerate(cmds):
         out = open(log_dir / f"proc{i}.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        proc_env = {**env, **(worker_env or {})} if i == 0 else env
+        procs.append(subprocess.Popen(cmd, env=proc_env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
     return procs
 
 
@@ -186,8 +196,12 @@ def burst(base: str, image: bytes, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def bare_forward(home: Path) -> Callable[[], float]:
-    """One warm single-image forward of the service's model in this process, timed (ms)."""
+def bare_forward(home: Path, cores: set[int] | None = None) -> Callable[[], float]:
+    """One warm single-image forward of the service's model in this process, timed (ms);
+    ``cores``: run it on these cores only (with one thread per core), the rest of this process
+    on the others."""
+    import torch
+
     from shared.imaging import load_image
     from shared.pipeline import embedder_for
     from shared.vision.modelfile import load_model
@@ -195,19 +209,29 @@ def bare_forward(home: Path) -> Callable[[], float]:
     model = load_model(next((home / "models").glob("*.pt")))
     emb = embedder_for(model, "cpu", "fp32")
     img = load_image(next((home / "catalogue" / "test" / "dress").glob("*.jpg")))
-    for _ in range(3):
-        emb.embed_images([img])
+    others = (os.sched_getaffinity(0) - cores) if cores else set()
 
     def timed() -> float:
+        if cores:
+            os.sched_setaffinity(0, cores)
         t0 = time.perf_counter()
         emb.embed_images([img])
-        return (time.perf_counter() - t0) * 1000
+        took = (time.perf_counter() - t0) * 1000
+        if cores:
+            os.sched_setaffinity(0, others)
+        return took
+
+    if cores:
+        torch.set_num_threads(len(cores))
+        os.sched_setaffinity(0, others)
+    for _ in range(3):
+        timed()
 
     return timed
 
 
 def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
-                service_env: dict[str, str] | None = None) -> list[str]:
+                service_env: dict[str, str] | None = None, split_cores: bool = False) -> list[str]:
     import socket
 
     rows = []
@@ -230,14 +254,21 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
             redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
         cat = setup_home(home, env)
         image = next((cat / "test" / "shirt").glob("*.jpg")).read_bytes()
-        forward_once = bare_forward(home)
+        all_cores = sorted(os.sched_getaffinity(0))
+        worker_cores = {all_cores[-1]} if split_cores else None
+        forward_once = bare_forward(home, worker_cores)
+        pinning: dict[str, Any] = {}
+        if worker_cores:
+            rest = ",".join(str(c) for c in all_cores[:-1])
+            pinning = {"worker_prefix": ["taskset", "-c", str(all_cores[-1])],
+                       "api_prefix": ["taskset", "-c", rest], "worker_env": {"OMP_NUM_THREADS": "1"}}
         for batch_max in (16, 1):
             env["FIR_QUERY_BATCH_MAX"] = str(batch_max)
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             base = f"http://127.0.0.1:{port}"
-            procs = start({**env, **(service_env or {})}, port, home, pool)
+            procs = start({**env, **(service_env or {})}, port, home, pool, **pinning)
             try:
                 wait_ready(base)
                 for _ in range(3):
@@ -269,9 +300,13 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
                 total = burst(base, image, burst_n)
             finally:
                 stop(procs)
-            rows.append(f"| {name} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
+            label = f"{name} (split cores)" if split_cores else name
+            rows.append(f"| {label} | {batch_max} | {forward:.0f} | {p50:.0f} | {p95:.0f} | {p50 / forward:.2f}x "
+                        f"| {p50 - forward:.0f} "
                         f"| {paired:.2f}x | {worker_cpu:.0f} | {api_cpu:.1f} | {servers_cpu:.1f} "
                         f"| {split} | {one:.0f} | {one / forward:.2f}x | {total:.1f} | {burst_n / total:.1f} |")
+        if worker_cores:
+            os.sched_setaffinity(0, all_cores)  # the bare forward's pinning ends with the backend
         if name == "redis-postgres":
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
@@ -287,20 +322,23 @@ def main() -> None:
                     help="the worker's Celery pool (FIR runs prefork: Celery's time limits need it)")
     ap.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                     help="an environment variable for the worker and the API only (repeatable)")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="diagnostic: the worker alone on the last core (one thread), all else on the others")
     args = ap.parse_args()
     service_env = dict(kv.split("=", 1) for kv in args.service_env)
     print(machine_header("End-to-end query latency (HTTP submit -> result ready)"))
     print(f"- GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')} (this process and the worker)"
           + (f"; the services' own environment: {' '.join(args.service_env)}" if args.service_env else ""))
     print("| backend | query batch max | bare forward (ms) | e2e p50 (ms) | e2e p95 (ms) | p50 / forward "
-          "| paired: p50 of query / its forwards | worker CPU per query (ms) | API CPU per query (ms) "
+          "| e2e p50 - forward (ms) | paired: p50 of query / its forwards | worker CPU per query (ms) "
+          "| API CPU per query (ms) "
           "| database + broker CPU per query (ms) "
           f"| p50 {' / '.join(STAGES)} (ms) | one request: p50 (ms) | one request / forward "
           f"| {args.burst} at once (s) | queries/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["embedded", "redis-postgres"] if args.backend == "both" else [args.backend]
     for b in backends:
-        for row in run_backend(b, args.queries, args.burst, args.pool, service_env):
+        for row in run_backend(b, args.queries, args.burst, args.pool, service_env, args.split_cores):
             print(row, flush=True)
 
 
