@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -74,19 +73,24 @@ def setup_home(home: Path, env: dict[str, str]) -> Path:
 
 
 def start(env: dict[str, str], port: int, log_dir: Path, pool: str = "prefork",
-          worker_prefix: list[str] | None = None, api_prefix: list[str] | None = None,
-          worker_env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
+          worker_core: int | None = None) -> list[subprocess.Popen[bytes]]:
+    """The worker and the API; ``worker_core`` (``--split-cores``): the worker alone on that
+    core with one thread, the API on the other cores."""
     cmds = [
-        [*(worker_prefix or []), str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu",
-         "-c", "1", "-n", "bench@%h", "-P", pool],
-        [*(api_prefix or []), str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2",
-         "-b", f"127.0.0.1:{port}", "api.wsgi:app"],
+        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu,cpu", "-c", "1", "-n", "bench@%h",
+         "-P", pool],
+        [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
+         "api.wsgi:app"],
     ]
+    envs = [env, env]
+    if worker_core is not None:
+        rest = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - {worker_core}))
+        cmds = [["taskset", "-c", str(worker_core), *cmds[0]], ["taskset", "-c", rest, *cmds[1]]]
+        envs[0] = {**env, "OMP_NUM_THREADS": "1"}
     procs = []
     for i, cmd in enumerate(cmds):
         out = open(log_dir / f"proc{i}.log", "wb")  # noqa: SIM115
-        proc_env = {**env, **(worker_env or {})} if i == 0 else env
-        procs.append(subprocess.Popen(cmd, env=proc_env, stdout=out, stderr=subprocess.STDOUT,
+        procs.append(subprocess.Popen(cmd, env=envs[i], stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True))
     return procs
 
@@ -254,21 +258,16 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
             redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
         cat = setup_home(home, env)
         image = next((cat / "test" / "shirt").glob("*.jpg")).read_bytes()
-        all_cores = sorted(os.sched_getaffinity(0))
-        worker_cores = {all_cores[-1]} if split_cores else None
-        forward_once = bare_forward(home, worker_cores)
-        pinning: dict[str, Any] = {}
-        if worker_cores:
-            rest = ",".join(str(c) for c in all_cores[:-1])
-            pinning = {"worker_prefix": ["taskset", "-c", str(all_cores[-1])],
-                       "api_prefix": ["taskset", "-c", rest], "worker_env": {"OMP_NUM_THREADS": "1"}}
+        all_cores = os.sched_getaffinity(0)
+        worker_core = max(all_cores) if split_cores else None
+        forward_once = bare_forward(home, None if worker_core is None else {worker_core})
         for batch_max in (16, 1):
             env["FIR_QUERY_BATCH_MAX"] = str(batch_max)
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             base = f"http://127.0.0.1:{port}"
-            procs = start({**env, **(service_env or {})}, port, home, pool, **pinning)
+            procs = start({**env, **(service_env or {})}, port, home, pool, worker_core)
             try:
                 wait_ready(base)
                 for _ in range(3):
@@ -305,7 +304,7 @@ def run_backend(name: str, queries: int, burst_n: int, pool: str = "prefork",
                         f"| {p50 - forward:.0f} "
                         f"| {paired:.2f}x | {worker_cpu:.0f} | {api_cpu:.1f} | {servers_cpu:.1f} "
                         f"| {split} | {one:.0f} | {one / forward:.2f}x | {total:.1f} | {burst_n / total:.1f} |")
-        if worker_cores:
+        if worker_core is not None:
             os.sched_setaffinity(0, all_cores)  # the bare forward's pinning ends with the backend
         if name == "redis-postgres":
             with admin.connect() as c:

@@ -370,14 +370,11 @@ def build_graph(vectors: FloatArray, metric: str, options: IndexOptions, faiss: 
     return graph
 
 
-def _checks_text(checks: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.3f}" for name, value in checks.items())
-
-
 def describe_graph(graph: HnswShard) -> str:
     """"PCA 256 graph, efSearch 256 (held-out recall@10: pca256 0.995)", for logs and benches."""
     kind = f"PCA {graph.pca.d_out} graph" if graph.pca is not None else "plain graph"
-    checks = f" (held-out recall@10: {_checks_text(graph.checks)})" if graph.checks else ""
+    text = ", ".join(f"{name} {value:.3f}" for name, value in graph.checks.items())
+    checks = f" (held-out recall@10: {text})" if graph.checks else ""
     return f"{kind}, efSearch {graph.ef_search}{checks}"
 
 
